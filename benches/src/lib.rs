@@ -1,0 +1,1 @@
+//! Criterion benchmarks of the imsearch crates live in `benches/`.

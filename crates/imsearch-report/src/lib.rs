@@ -1,0 +1,23 @@
+//! Turns plain data into things a person looks at: describe-style tables, PNG plots, image
+//! sheets (grids of captioned tiles) and small HTML pages.
+//!
+//! Architecture invariant: this crate sits at the edge of the pipeline, next to the binaries
+//! (`cargo xtask eda`, the search demo). It takes plain Rust data (slices, strings, paths,
+//! `image::RgbImage`) and must never depend on another imsearch crate nor on candle, so that
+//! rendering a report never pulls in a model. `cargo tree -p imsearch-report -e normal` must
+//! show no `imsearch-*` and no `candle-*` package.
+//!
+//! Text in PNGs is drawn with DejaVu Sans embedded in the binary (the `dejavu` crate), so no
+//! system font is needed at run time. Every file is written atomically: to a temporary name in
+//! the destination directory, then renamed.
+
+pub mod describe;
+pub mod html;
+pub mod plot;
+pub mod sheet;
+
+mod error;
+mod fonts;
+mod fsutil;
+
+pub use error::{Error, Result};

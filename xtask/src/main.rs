@@ -1,0 +1,52 @@
+//! `cargo xtask`: every imsearch job, from the dataset report to the search demo.
+//!
+//! Each subcommand lives in its own module; `main` parses the command line, runs one, and
+//! prints any error with its chain of causes.
+
+mod ci;
+mod eda;
+mod fixtures;
+mod paths;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// imsearch: search photos by a text query.
+///
+/// Every job of the project, from the dataset report to the search demo. The dataset is found
+/// through --data, else the IMSEARCH_DATA environment variable, else
+/// ../shared/data/dsplus_integrated_project_4 next to the checkout.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Explain the dataset: tables, label aggregation counts, plots, an HTML page and summary.json.
+    Eda(eda::Args),
+    /// Write the tiny fixture dataset under fixtures/tiny (or check it with --check).
+    Fixtures(fixtures::Args),
+    /// Run the checks CI runs: fixtures --check, format, clippy, tests.
+    Ci(ci::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = paths::workspace_root();
+    let result = match &cli.command {
+        Command::Eda(args) => eda::run(args),
+        Command::Fixtures(args) => fixtures::run(&root, args),
+        Command::Ci(args) => ci::run(&root, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

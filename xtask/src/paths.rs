@@ -1,0 +1,41 @@
+//! Where things are: the workspace root and the dataset directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// The dataset's place next to a checkout, relative to the workspace root.
+pub(crate) const DEFAULT_DATA: &str = "../shared/data/dsplus_integrated_project_4";
+
+pub(crate) fn workspace_root() -> PathBuf {
+    // xtask's manifest sits one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits inside the workspace").to_owned()
+}
+
+/// The dataset directory: `--data`, else `IMSEARCH_DATA`, else [`DEFAULT_DATA`] when present.
+pub(crate) fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = flag {
+        return checked(dir.to_owned(), "--data");
+    }
+    if let Some(dir) = std::env::var_os(imsearch_data::DATA_ENV) {
+        return checked(PathBuf::from(dir), imsearch_data::DATA_ENV);
+    }
+    let default = workspace_root().join(DEFAULT_DATA);
+    if default.is_dir() {
+        return Ok(default);
+    }
+    bail!(
+        "no dataset found: pass --data DIR or set {} (the task's archive holds train_dataset.csv, \
+         CrowdAnnotations.tsv, ExpertAnnotations.tsv, test_queries.csv, test_images.csv, train_images/ \
+         and test_images/); looked for {}",
+        imsearch_data::DATA_ENV,
+        default.display()
+    )
+}
+
+fn checked(dir: PathBuf, source: &str) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        bail!("the dataset directory {} (from {source}) does not exist", dir.display());
+    }
+    Ok(dir)
+}

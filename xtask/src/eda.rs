@@ -147,12 +147,7 @@ fn tables(ds: &Dataset) -> Vec<Table> {
 }
 
 /// Draws every plot into `out`; returns (file name, caption) pairs.
-fn plots(
-    ds: &Dataset,
-    pairs: &[imsearch_types::GradedPair],
-    out: &Path,
-    seed: u64,
-) -> Result<Vec<(String, String)>> {
+fn plots(ds: &Dataset, pairs: &[imsearch_types::GradedPair], out: &Path, seed: u64) -> Result<Vec<(String, String)>> {
     let mut made = Vec::new();
     let mut add = |file: &str, caption: &str| {
         made.push((file.to_owned(), caption.to_owned()));

@@ -1,0 +1,61 @@
+//! Compliance: in some markets the law forbids showing images of children under 16 without their
+//! parents' consent. This crate decides, for a text and for an image, whether it may be shown.
+//!
+//! - [`TextPolicy`]: a lexicon of words that describe people under 16, matched on word
+//!   boundaries, case-insensitively; used to remove training pairs and to refuse queries.
+//! - [`ImagePolicy`]: a logistic regression over an image embedding, with a threshold chosen on
+//!   a validation split for high recall; used to replace result images with the disclaimer.
+//! - [`Decision`]: allow, or block with the reason. Fail closed: an image that cannot be scored
+//!   is blocked.
+//!
+//! Architecture invariant: plain Rust over `&[f32]`; depends on `serde` only (no candle, no
+//! encoder), so any service can apply the policies to embeddings it computed elsewhere.
+
+mod image;
+mod text;
+
+pub use image::{threshold_for_recall, ImagePolicy, ImagePolicyError, TrainOptions};
+pub use text::{TextPolicy, LEXICON};
+
+use serde::{Deserialize, Serialize};
+
+/// What is shown in place of a blocked image.
+pub const DISCLAIMER: &str = "This image is unavailable in your country in compliance with local laws";
+
+/// Why something is blocked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BlockReason {
+    /// The text names a person under 16.
+    Text { word: String },
+    /// The image classifier's score reached the threshold.
+    Image { score: f32, threshold: f32 },
+    /// The image could not be scored (no embedding, wrong dimension, not finite): fail closed.
+    Unscored { why: String },
+}
+
+impl std::fmt::Display for BlockReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockReason::Text { word } => write!(f, "the text names a child ({word:?})"),
+            BlockReason::Image { score, threshold } => {
+                write!(f, "the image may show a child (score {score:.3} >= threshold {threshold:.3})")
+            }
+            BlockReason::Unscored { why } => write!(f, "the image could not be checked ({why})"),
+        }
+    }
+}
+
+/// Whether a text or an image may be shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Block(BlockReason),
+}
+
+impl Decision {
+    pub fn is_blocked(&self) -> bool {
+        matches!(self, Decision::Block(_))
+    }
+}

@@ -1,0 +1,17 @@
+//! Embeddings of a collection of files (images, or texts keyed by id), cached on disk by model
+//! id and content hash, updated incrementally, and searched exactly.
+//!
+//! - [`EmbeddingCache`]: one safetensors file per (collection, model): the `(n, dim)` f32
+//!   matrix plus, in its metadata, each row's key and the sha256 of the content it was computed
+//!   from. [`EmbeddingCache::refresh`] re-encodes only what is new or changed and drops what is
+//!   gone.
+//! - [`top_k`]: the `k` best rows for a query by a caller-supplied score.
+//!
+//! Architecture invariant: no candle, no encoder. Encoding is a closure the caller passes in,
+//! so any model (or a test double) can fill the cache.
+
+mod cache;
+mod search;
+
+pub use cache::{content_hash, CacheStats, Content, EmbeddingCache, Error, Item, Result};
+pub use search::{dot_scores, top_k, Hit};

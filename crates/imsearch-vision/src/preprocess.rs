@@ -1,0 +1,417 @@
+//! Image preprocessing: decode, convert to RGB, resize, crop and normalise into the
+//! `(batch, 3, size, size)` f32 tensors the encoders take, plus extra views for test-time
+//! augmentation.
+//!
+//! The resize reproduces Pillow's bilinear `Image.resize` (antialiased: the filter widens when
+//! shrinking; 8-bit fixed-point, horizontal pass first) bit for bit, and [`resize_shorter`] and
+//! [`center_crop`] follow torchvision's `Resize(int)` and `CenterCrop` rounding, so a PNG gives
+//! exactly the tensor `T.Compose([Resize(256), CenterCrop(224), ToTensor(), Normalize(..)])`
+//! gives in PyTorch. JPEG decoders differ slightly (zune-jpeg here, libjpeg-turbo in Pillow).
+
+use std::path::Path;
+
+use candle::{Device, Tensor};
+use image::{ImageReader, RgbImage};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How images become network input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// The shorter side is resized to this many pixels (keeping the aspect ratio).
+    pub resize: u32,
+    /// Side of the square centre crop taken after the resize: the network input size.
+    pub crop: u32,
+    /// Per-channel (R, G, B) mean subtracted from values scaled to 0..1.
+    pub mean: [f32; 3],
+    /// Per-channel (R, G, B) standard deviation the centred values are divided by.
+    pub std: [f32; 3],
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self::imagenet()
+    }
+}
+
+impl PreprocessConfig {
+    /// torchvision's ImageNet evaluation: resize 256, crop 224, ImageNet mean and std
+    /// (MobileNetV2).
+    pub fn imagenet() -> Self {
+        Self { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+    }
+
+    /// EfficientNet-Lite at input size `crop` (224 for Lite0, 260 for Lite2): inputs scaled to
+    /// about [-1, 1] (mean 0.498, std 0.502), resize `crop + 32` rounded as TensorFlow's
+    /// evaluation crop does (256 for 224, 292 for 260).
+    pub fn efficientnet_lite(crop: u32) -> Self {
+        Self { resize: crop + 32, crop, mean: [0.498; 3], std: [0.502; 3] }
+    }
+
+    /// Checks that the sizes are positive, the crop fits the resize and the std is positive.
+    pub fn validate(&self) -> Result<()> {
+        if self.crop == 0 || self.resize < self.crop {
+            return Err(Error::Config(format!(
+                "crop {} must be positive and at most resize {}",
+                self.crop, self.resize
+            )));
+        }
+        if self.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+            return Err(Error::Config(format!("std {:?} must be positive", self.std)));
+        }
+        Ok(())
+    }
+
+    /// Values per image in the output tensor: `3 * crop * crop`.
+    pub fn image_len(&self) -> usize {
+        3 * self.crop as usize * self.crop as usize
+    }
+
+    /// One view of an image, `crop x crop` RGB.
+    pub fn view(&self, img: &RgbImage, view: View) -> RgbImage {
+        let out = match view {
+            View::Center | View::CenterFlipped => center_crop(&resize_shorter(img, self.resize), self.crop),
+            View::Squashed | View::SquashedFlipped => resize(img, self.crop, self.crop),
+        };
+        match view {
+            View::CenterFlipped | View::SquashedFlipped => image::imageops::flip_horizontal(&out),
+            View::Center | View::Squashed => out,
+        }
+    }
+
+    /// Writes a `crop x crop` image as normalised CHW values into `out` (length
+    /// [`image_len`](Self::image_len)), exactly as torchvision's `ToTensor` then `Normalize`
+    /// compute them in f32.
+    pub fn normalize_into(&self, img: &RgbImage, out: &mut [f32]) -> Result<()> {
+        let side = self.crop;
+        if img.dimensions() != (side, side) || out.len() != self.image_len() {
+            return Err(Error::Config(format!(
+                "expected a {side}x{side} image and {} values, got {:?} and {}",
+                self.image_len(),
+                img.dimensions(),
+                out.len()
+            )));
+        }
+        let plane = (side * side) as usize;
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (i, px) in img.pixels().enumerate() {
+            for (c, dst) in [&mut r[i], &mut g[i], &mut b[i]].into_iter().enumerate() {
+                *dst = (px.0[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        Ok(())
+    }
+
+    /// `(images.len(), 3, crop, crop)` from images that are already `crop x crop`.
+    pub fn to_tensor(&self, images: &[RgbImage], device: &Device) -> Result<Tensor> {
+        let n = self.image_len();
+        let mut data = vec![0f32; images.len() * n];
+        data.par_chunks_mut(n).zip(images.par_iter()).try_for_each(|(out, img)| self.normalize_into(img, out))?;
+        let side = self.crop as usize;
+        Ok(Tensor::from_vec(data, (images.len(), 3, side, side), device)?)
+    }
+
+    /// Decodes the files in parallel and returns `(paths.len() * views.len(), 3, crop, crop)`:
+    /// the views of the first image, then those of the second, and so on. A file that cannot
+    /// be read or decoded is an error naming it.
+    pub fn load_batch<P: AsRef<Path> + Sync>(&self, paths: &[P], views: &[View], device: &Device) -> Result<Tensor> {
+        self.validate()?;
+        let n = self.image_len();
+        let per_image = n * views.len();
+        let mut data = vec![0f32; paths.len() * per_image];
+        if per_image > 0 {
+            data.par_chunks_mut(per_image).zip(paths.par_iter()).try_for_each(|(out, path)| -> Result<()> {
+                let img = open_rgb(path.as_ref())?;
+                for (view, out) in views.iter().zip(out.chunks_mut(n)) {
+                    self.normalize_into(&self.view(&img, *view), out)?;
+                }
+                Ok(())
+            })?;
+        }
+        let side = self.crop as usize;
+        Ok(Tensor::from_vec(data, (paths.len() * views.len(), 3, side, side), device)?)
+    }
+}
+
+/// A way to look at an image; averaging features over several views helps retrieval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum View {
+    /// Resize the shorter side, then take the centre square (the standard evaluation view).
+    Center,
+    /// [`View::Center`] mirrored left to right.
+    CenterFlipped,
+    /// The whole image squashed to a square, ignoring the aspect ratio.
+    Squashed,
+    /// [`View::Squashed`] mirrored left to right.
+    SquashedFlipped,
+}
+
+impl View {
+    /// Every view, the standard one first.
+    pub const ALL: [View; 4] = [View::Center, View::CenterFlipped, View::Squashed, View::SquashedFlipped];
+
+    /// The view's name, as serialised: `center`, `center-flipped`, `squashed`,
+    /// `squashed-flipped`.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Center => "center",
+            View::CenterFlipped => "center-flipped",
+            View::Squashed => "squashed",
+            View::SquashedFlipped => "squashed-flipped",
+        }
+    }
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for View {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        View::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+            Error::Config(format!("unknown view {s:?} (known: center, center-flipped, squashed, squashed-flipped)"))
+        })
+    }
+}
+
+/// Reads and decodes a JPEG or PNG file (format guessed from its bytes) and converts it to
+/// 8-bit RGB (gray is replicated, alpha dropped, as Pillow's `convert("RGB")` does).
+pub fn open_rgb(path: &Path) -> Result<RgbImage> {
+    let read = |source| Error::Read { path: path.to_owned(), source };
+    let img = ImageReader::open(path)
+        .map_err(read)?
+        .with_guessed_format()
+        .map_err(read)?
+        .decode()
+        .map_err(|source| Error::Decode { path: path.to_owned(), source })?;
+    Ok(img.to_rgb8())
+}
+
+/// Resizes so that the shorter side is `size`, like torchvision's `Resize(size)` on a PIL
+/// image: the longer side becomes `floor(size * long / short)`.
+pub fn resize_shorter(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    if short == 0 {
+        return img.clone();
+    }
+    let new_long = (size as f64 * long as f64 / short as f64) as u32;
+    let (nw, nh) = if w <= h { (size, new_long) } else { (new_long, size) };
+    resize(img, nw, nh)
+}
+
+/// The centre `size x size` square, like torchvision's `CenterCrop(size)`: offsets round half
+/// to even (Python's `round`), and an image smaller than the crop is first padded with black.
+pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w < size || h < size {
+        let (pl, pt) = (size.saturating_sub(w) / 2, size.saturating_sub(h) / 2);
+        let mut padded = RgbImage::new(w.max(size), h.max(size));
+        image::imageops::replace(&mut padded, img, pl.into(), pt.into());
+        return center_crop(&padded, size);
+    }
+    let top = ((h - size) as f64 / 2.0).round_ties_even() as u32;
+    let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
+    image::imageops::crop_imm(img, left, top, size, size).to_image()
+}
+
+/// Bits of fixed-point precision of the filter weights (Pillow's `PRECISION_BITS`).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Which input pixels, with which weights, make each output pixel along one axis.
+struct Filter {
+    /// Per output pixel: first input pixel and number of taps.
+    bounds: Vec<(usize, usize)>,
+    /// `ksize` fixed-point weights per output pixel.
+    weights: Vec<i32>,
+    ksize: usize,
+}
+
+impl Filter {
+    /// Pillow's `precompute_coeffs` with the bilinear (triangle) filter, then
+    /// `normalize_coeffs_8bpc`.
+    fn bilinear(in_size: usize, out_size: usize) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = filterscale; // the triangle's support is 1
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut bounds = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * ksize];
+        let mut k = vec![0f64; ksize];
+        for xx in 0..out_size {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's `(int)` truncates toward zero, as `as i64` does.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+            let (xmin, xmax) = (xmin as usize, xmax.max(0) as usize);
+            let mut ww = 0.0;
+            for (x, kx) in k.iter_mut().enumerate().take(xmax) {
+                let t = ((x + xmin) as f64 - center + 0.5) * ss;
+                let w = (1.0 - t.abs()).max(0.0);
+                *kx = w;
+                ww += w;
+            }
+            for (x, kx) in k.iter().enumerate().take(xmax) {
+                let v = if ww != 0.0 { kx / ww } else { *kx };
+                let v = v * (1u32 << PRECISION_BITS) as f64;
+                weights[xx * ksize + x] = if v < 0.0 { (v - 0.5) as i32 } else { (v + 0.5) as i32 };
+            }
+            bounds.push((xmin, xmax));
+        }
+        Self { bounds, weights, ksize }
+    }
+
+    fn taps(&self, out: usize) -> (usize, &[i32]) {
+        let (start, n) = self.bounds[out];
+        (start, &self.weights[out * self.ksize..out * self.ksize + n])
+    }
+}
+
+/// Pillow's `clip8`: drop the fraction and clamp to 0..=255.
+#[inline]
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes to exactly `width x height` with Pillow's antialiased bilinear filter, bit for bit
+/// (`Image.resize((width, height), Image.BILINEAR)` on an RGB image).
+pub fn resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if (w, h) == (width, height) || w == 0 || h == 0 || width == 0 || height == 0 {
+        return if (w, h) == (width, height) { img.clone() } else { RgbImage::new(width, height) };
+    }
+    let (w, h, ow, oh) = (w as usize, h as usize, width as usize, height as usize);
+    let vert = Filter::bilinear(h, oh);
+    // Only the input rows the vertical pass reads go through the horizontal pass.
+    let first = vert.bounds[0].0;
+    let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
+    let src = img.as_raw();
+    let round = 1i32 << (PRECISION_BITS - 1);
+
+    let (tmp, tmp_w, row0) = if ow != w {
+        let horiz = Filter::bilinear(w, ow);
+        let mut tmp = vec![0u8; (last - first) * ow * 3];
+        tmp.par_chunks_mut(ow * 3).enumerate().for_each(|(y, out)| {
+            let row = &src[(y + first) * w * 3..(y + first + 1) * w * 3];
+            for (xx, px) in out.chunks_exact_mut(3).enumerate() {
+                let (start, k) = horiz.taps(xx);
+                let mut acc = [round; 3];
+                for (i, &kw) in k.iter().enumerate() {
+                    let p = &row[(start + i) * 3..(start + i) * 3 + 3];
+                    for c in 0..3 {
+                        acc[c] += p[c] as i32 * kw;
+                    }
+                }
+                for c in 0..3 {
+                    px[c] = clip8(acc[c]);
+                }
+            }
+        });
+        (tmp, ow, first)
+    } else {
+        (src.to_vec(), w, 0)
+    };
+
+    if oh == h {
+        // Only the width changed: the horizontal pass ran on every row.
+        return RgbImage::from_raw(width, height, tmp).unwrap_or_else(|| RgbImage::new(width, height));
+    }
+    let stride = tmp_w * 3;
+    let mut out = vec![0u8; oh * stride];
+    out.par_chunks_mut(stride).enumerate().for_each(|(yy, orow)| {
+        let (start, k) = vert.taps(yy);
+        let mut acc = vec![round; stride];
+        for (i, &kw) in k.iter().enumerate() {
+            let r = start + i - row0;
+            let irow = &tmp[r * stride..(r + 1) * stride];
+            for (a, &p) in acc.iter_mut().zip(irow) {
+                *a += p as i32 * kw;
+            }
+        }
+        for (o, a) in orow.iter_mut().zip(&acc) {
+            *o = clip8(*a);
+        }
+    });
+    RgbImage::from_raw(width, height, out).unwrap_or_else(|| RgbImage::new(width, height))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorter_side_and_rounding_follow_torchvision() {
+        let img = RgbImage::new(400, 300);
+        assert_eq!(resize_shorter(&img, 256).dimensions(), (341, 256));
+        let img = RgbImage::new(48, 64);
+        assert_eq!(resize_shorter(&img, 256).dimensions(), (256, 341));
+        let img = RgbImage::new(333, 500);
+        assert_eq!(resize_shorter(&img, 256).dimensions(), (256, 384));
+        // (341 - 224) / 2 = 58.5 rounds to 58, as Python's round does.
+        let mut img = RgbImage::new(341, 256);
+        img.put_pixel(58, 16, image::Rgb([9, 9, 9]));
+        assert_eq!(center_crop(&img, 224).get_pixel(0, 0).0, [9, 9, 9]);
+    }
+
+    #[test]
+    fn small_images_are_padded_before_the_crop() {
+        let img = RgbImage::from_pixel(3, 5, image::Rgb([200, 100, 50]));
+        let c = center_crop(&img, 6);
+        assert_eq!(c.dimensions(), (6, 6));
+        assert_eq!(c.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(c.get_pixel(2, 2).0, [200, 100, 50]);
+    }
+
+    #[test]
+    fn constant_images_stay_constant() {
+        let img = RgbImage::from_pixel(37, 23, image::Rgb([17, 128, 250]));
+        for (w, h) in [(10, 10), (100, 61), (37, 5), (3, 23)] {
+            let out = resize(&img, w, h);
+            assert_eq!(out.dimensions(), (w, h));
+            assert!(out.pixels().all(|p| p.0 == [17, 128, 250]), "{w}x{h}");
+        }
+    }
+
+    #[test]
+    fn normalisation_is_chw() {
+        let cfg = PreprocessConfig { resize: 2, crop: 2, mean: [0.5, 0.5, 0.5], std: [0.5, 0.25, 1.0] };
+        let mut img = RgbImage::new(2, 2);
+        img.put_pixel(1, 0, image::Rgb([255, 0, 255]));
+        let mut out = vec![0f32; cfg.image_len()];
+        cfg.normalize_into(&img, &mut out).unwrap();
+        let want = [-1., 1., -1., -1., -2., -2., -2., -2., -0.5, 0.5, -0.5, -0.5];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn view_names_round_trip() {
+        for v in View::ALL {
+            assert_eq!(v.name().parse::<View>().unwrap(), v);
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, format!("\"{v}\""));
+        }
+        assert!("centre".parse::<View>().is_err());
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected() {
+        let mut cfg = PreprocessConfig::imagenet();
+        cfg.crop = 300;
+        assert!(cfg.validate().is_err());
+        let mut cfg = PreprocessConfig::imagenet();
+        cfg.std[1] = 0.0;
+        assert!(cfg.validate().is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! `cargo xtask embed`: encodes every train and test image and every caption once, into
+//! embedding caches keyed by model id and content hash; a rerun re-encodes only what changed.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use candle::{Device, Tensor};
+use imsearch_data::Dataset;
+use imsearch_index::{CacheStats, Content, EmbeddingCache, Item};
+use imsearch_models::ModelStore;
+use imsearch_vision::{EncoderKind, ImageEncoder, View};
+
+use crate::{models::ModelsArg, paths};
+
+/// The text encoder's model id.
+pub(crate) const TEXT_MODEL: &str = imsearch_models::MINILM_L6_V2;
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct EmbedOpts {
+    /// Image encoders to run (mobilenet-v2, efficientnet-lite0, efficientnet-lite2).
+    #[arg(long, value_delimiter = ',', default_value = "mobilenet-v2,efficientnet-lite0")]
+    pub(crate) image_encoders: Vec<String>,
+    /// Views of each image whose features are averaged (center, center-flipped, squashed,
+    /// squashed-flipped).
+    #[arg(long, value_delimiter = ',', default_value = "center,center-flipped")]
+    pub(crate) views: Vec<String>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) batch: usize,
+    /// Where embeddings and checkpoints are kept.
+    #[arg(long, value_name = "DIR", default_value = "target/imsearch")]
+    pub(crate) workdir: PathBuf,
+}
+
+impl EmbedOpts {
+    pub(crate) fn kinds(&self) -> Result<Vec<EncoderKind>> {
+        self.image_encoders
+            .iter()
+            .map(|id| {
+                EncoderKind::from_id(id).with_context(|| {
+                    format!(
+                        "unknown image encoder {id:?} (known: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)"
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn views(&self) -> Result<Vec<View>> {
+        self.views
+            .iter()
+            .map(|v| {
+                serde_json::from_value(serde_json::Value::String(v.clone())).with_context(|| {
+                    format!("unknown view {v:?} (known: center, center-flipped, squashed, squashed-flipped)")
+                })
+            })
+            .collect()
+    }
+
+    /// The id under which an encoder's features over these views are cached.
+    pub(crate) fn image_model_id(&self, kind: EncoderKind) -> String {
+        format!("{}@{}", kind.id(), self.views.join("+"))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    models: ModelsArg,
+    #[command(flatten)]
+    opts: EmbedOpts,
+}
+
+pub(crate) fn run(args: &Args) -> Result<()> {
+    let data = paths::data_dir(args.data.as_deref())?;
+    let ds = Dataset::load(&data, Default::default())
+        .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
+    let store = args.models.store()?;
+    let all = embed_all(&ds, &store, &args.opts)?;
+    println!("embeddings in {}", all.dir.display());
+    Ok(())
+}
+
+/// Every embedding the pipeline needs.
+pub(crate) struct Embeddings {
+    pub(crate) dir: PathBuf,
+    /// Per image encoder: (id, train images, test images).
+    pub(crate) images: Vec<(String, EmbeddingCache, EmbeddingCache)>,
+    /// MiniLM embeddings of every train caption and test query, keyed by query id.
+    pub(crate) texts: EmbeddingCache,
+}
+
+pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> Result<Embeddings> {
+    let dir = paths::resolve(&opts.workdir).join("embeddings");
+    let views = opts.views()?;
+    let mut images = Vec::new();
+    for kind in opts.kinds()? {
+        let files = crate::models::ensure(store, kind.id())?;
+        let encoder = imsearch_vision::load(kind, &files.weights, &Device::Cpu)
+            .with_context(|| format!("failed to load {kind}"))?;
+        let id = opts.image_model_id(kind);
+        let train: Vec<Item> = ds
+            .train_images()
+            .into_iter()
+            .filter(|i| ds.train_image_files.contains(i))
+            .map(|i| Item::file(i.as_str(), ds.train_image_path(&i)))
+            .collect();
+        let test: Vec<Item> =
+            ds.test_images.iter().map(|r| Item::file(r.image.as_str(), ds.test_image_path(&r.image))).collect();
+        let train_cache = embed_images(encoder.as_ref(), &id, &views, &train, opts.batch, &dir.join(&id), "train")?;
+        let test_cache = embed_images(encoder.as_ref(), &id, &views, &test, opts.batch, &dir.join(&id), "test")?;
+        images.push((id, train_cache, test_cache));
+    }
+    let texts = embed_texts(ds, store, &dir)?;
+    Ok(Embeddings { dir, images, texts })
+}
+
+/// Brings the cache `<dir>/<collection>.safetensors` in line with `items`.
+pub(crate) fn embed_images(
+    encoder: &dyn ImageEncoder,
+    model_id: &str,
+    views: &[View],
+    items: &[Item],
+    batch: usize,
+    dir: &Path,
+    collection: &str,
+) -> Result<EmbeddingCache> {
+    let path = dir.join(format!("{collection}.safetensors"));
+    let mut cache = EmbeddingCache::load_or_new(&path, model_id, encoder.dim())?;
+    let bar = crate::progress::bar(items.len() as u64, &format!("{model_id} {collection}"), "images");
+    let start = Instant::now();
+    let stats = cache.refresh(
+        items,
+        batch,
+        |batch| encode_images(encoder, views, batch),
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    report(model_id, collection, &stats, start);
+    if stats.encoded > 0 || stats.removed > 0 {
+        cache.save(&path)?;
+    }
+    Ok(cache)
+}
+
+/// Features of a batch of image files, averaged over `views`. A batch with an unreadable file
+/// is retried file by file, so only that file fails.
+pub(crate) fn encode_images(
+    encoder: &dyn ImageEncoder,
+    views: &[View],
+    items: &[Item],
+) -> Vec<Result<Vec<f32>, String>> {
+    let paths: Vec<&Path> = items
+        .iter()
+        .map(|i| match &i.content {
+            Content::File(p) => p.as_path(),
+            Content::Text(_) => Path::new(""),
+        })
+        .collect();
+    match features(encoder, views, &paths) {
+        Ok(rows) => rows.into_iter().map(Ok).collect(),
+        Err(_) if paths.len() > 1 => paths
+            .iter()
+            .map(|p| features(encoder, views, &[p]).map(|mut r| r.remove(0)).map_err(|e| format!("{e:#}")))
+            .collect(),
+        Err(e) => vec![Err(format!("{e:#}"))],
+    }
+}
+
+fn features(encoder: &dyn ImageEncoder, views: &[View], paths: &[&Path]) -> Result<Vec<Vec<f32>>> {
+    let xs = encoder.preprocess().load_batch(paths, views, &Device::Cpu)?;
+    let f = encoder.features(&xs)?;
+    let (_, dim) = f.dims2()?;
+    let f = f.reshape((paths.len(), views.len(), dim))?.mean(1)?;
+    Ok(f.to_vec2::<f32>()?)
+}
+
+/// MiniLM embeddings of every train caption and test query, keyed by query id.
+pub(crate) fn embed_texts(ds: &Dataset, store: &ModelStore, dir: &Path) -> Result<EmbeddingCache> {
+    let files = crate::models::ensure(store, TEXT_MODEL)?;
+    let mut items: Vec<Item> = ds.train_captions().into_iter().map(|(q, t)| Item::text(q.to_string(), t)).collect();
+    items.extend(ds.test_queries.iter().map(|q| Item::text(q.query.to_string(), q.text.clone())));
+    let path = dir.join(TEXT_MODEL).join("captions.safetensors");
+    let mut cache = EmbeddingCache::load_or_new(&path, TEXT_MODEL, 384)?;
+    let mut model = None;
+    let bar = crate::progress::bar(items.len() as u64, &format!("{TEXT_MODEL} captions"), "texts");
+    let start = Instant::now();
+    let stats = cache.refresh(
+        &items,
+        256,
+        |batch| {
+            let model = match &model {
+                Some(m) => m,
+                None => match imsearch_text::MiniLm::load(&files.dir, &Device::Cpu) {
+                    Ok(m) => model.insert(m),
+                    Err(e) => return batch.iter().map(|_| Err(format!("failed to load MiniLM: {e}"))).collect(),
+                },
+            };
+            let texts: Vec<&str> = batch
+                .iter()
+                .map(|i| match &i.content {
+                    Content::Text(t) => t.as_str(),
+                    Content::File(_) => "",
+                })
+                .collect();
+            match model.encode(&texts) {
+                Ok(m) => (0..m.rows()).map(|r| Ok(m.row(r).to_vec())).collect(),
+                Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
+            }
+        },
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    report(TEXT_MODEL, "captions", &stats, start);
+    if stats.encoded > 0 || stats.removed > 0 {
+        cache.save(&path)?;
+    }
+    Ok(cache)
+}
+
+fn report(model: &str, collection: &str, stats: &CacheStats, start: Instant) {
+    let secs = start.elapsed().as_secs_f64();
+    let rate = if stats.encoded > 0 { format!(", {:.1}/s", stats.encoded as f64 / secs) } else { String::new() };
+    println!(
+        "{model} {collection}: {} encoded, {} reused, {} removed, {} failed in {secs:.1} s{rate}",
+        stats.encoded,
+        stats.reused,
+        stats.removed,
+        stats.failed.len()
+    );
+    for (key, why) in &stats.failed {
+        println!("  skipped {key}: {why}");
+    }
+}
+
+/// Rows of `cache` for `keys`, as a `(keys.len(), dim)` tensor; a missing key is an error.
+pub(crate) fn rows(cache: &EmbeddingCache, keys: &[&str]) -> Result<Tensor> {
+    let index: std::collections::HashMap<&str, usize> =
+        cache.keys().iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let mut data = Vec::with_capacity(keys.len() * cache.dim());
+    for k in keys {
+        let i = index.get(k).with_context(|| format!("no {} embedding for {k}", cache.model()))?;
+        data.extend_from_slice(cache.row(*i));
+    }
+    Ok(Tensor::from_vec(data, (keys.len(), cache.dim()), &Device::Cpu)?)
+}

@@ -1,0 +1,592 @@
+//! `cargo xtask eval`: every model against the baselines, chosen on the validation split, then
+//! scored once on the 500 test queries; prints a table and writes `metrics.json`.
+
+use std::{collections::BTreeMap, path::PathBuf, rc::Rc, time::Instant};
+
+use anyhow::{Context, Result};
+use candle::{DType, Device, Module, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use imsearch_compliance::TextPolicy;
+use imsearch_data::Dataset;
+use imsearch_eval::{kendall_tau_b, kendall_tau_c, mae, rmse, roc_auc, spearman, RetrievalMetrics};
+use imsearch_fusion::{FusionModel, PairSet};
+use imsearch_text::{Tfidf, TfidfOptions};
+use rand::{seq::SliceRandom, Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::{
+    embed::{self, EmbedOpts},
+    models::ModelsArg,
+    paths,
+    train::{self, Prepared, TrainOpts},
+};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsArg,
+    #[command(flatten)]
+    pub(crate) embed: EmbedOpts,
+    #[command(flatten)]
+    pub(crate) train: TrainOpts,
+    /// Train the fusion model again even when a checkpoint for this seed exists.
+    #[arg(long)]
+    pub(crate) retrain: bool,
+}
+
+/// Validation figures: agreement with the labels and retrieval among validation images.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Validation {
+    mae: Option<f64>,
+    rmse: Option<f64>,
+    roc_auc: Option<f64>,
+    kendall_tau_b: Option<f64>,
+    spearman: Option<f64>,
+    kendall_tau_c_expert: Option<f64>,
+    recall_at_1: f64,
+    recall_at_5: f64,
+    recall_at_10: f64,
+    mrr: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ModelMetrics {
+    pub(crate) validation: Validation,
+    pub(crate) test: RetrievalMetrics,
+    pub(crate) test_allowed: RetrievalMetrics,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Metrics {
+    pub(crate) seed: u64,
+    pub(crate) best: String,
+    pub(crate) models: BTreeMap<String, ModelMetrics>,
+    pub(crate) test_queries: usize,
+    pub(crate) test_queries_allowed: usize,
+    pub(crate) test_images: usize,
+    pub(crate) data: train::DataCounts,
+    /// Wall time of scoring every test query against every test image with the best model.
+    pub(crate) test_scoring_ms: f64,
+}
+
+/// Scores texts against images from this scorer's own feature rows.
+pub(crate) trait Scorer {
+    /// `(m, _) images, (q, _) texts -> q rows of m scores in 0..1`.
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>>;
+    /// Matched rows: `(n, _), (n, _) -> n scores in 0..1`.
+    fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>>;
+}
+
+impl Scorer for FusionModel {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        Ok(self.score_matrix(images, texts)?.to_vec2()?)
+    }
+    fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
+        let z = self.pair_logits(&self.embed_images(images)?, &self.embed_texts(texts)?)?;
+        Ok(candle_nn::ops::sigmoid(&z)?.to_vec1()?)
+    }
+}
+
+/// Uniform random scores: the floor every model must clear.
+struct Random(u64);
+
+impl Scorer for Random {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.0);
+        let (m, q) = (images.dims2()?.0, texts.dims2()?.0);
+        Ok((0..q).map(|_| (0..m).map(|_| rng.gen::<f32>()).collect()).collect())
+    }
+    fn pairs(&self, images: &Tensor, _texts: &Tensor) -> Result<Vec<f32>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.0);
+        Ok((0..images.dims2()?.0).map(|_| rng.gen::<f32>()).collect())
+    }
+}
+
+/// The original task's approach: a linear regressor on the concatenated image and text vectors.
+/// Its score is an image term plus a text term, so it ranks images the same for every query.
+struct Regressor {
+    w_image: Tensor,
+    w_text: Tensor,
+    bias: f32,
+    mean: Tensor,
+    inv_std: Tensor,
+}
+
+impl Regressor {
+    fn train(images: &Tensor, texts: &Tensor, set: &PairSet, seed: u64) -> Result<Self> {
+        let device = Device::Cpu;
+        let (d_img, d_txt) = (images.dims2()?.1, texts.dims2()?.1);
+        let (i, t, y): (Vec<u32>, Vec<u32>, Vec<f32>) =
+            set.pairs.iter().map(|&(i, t, y)| (i as u32, t as u32, y)).fold((vec![], vec![], vec![]), |mut a, x| {
+                a.0.push(x.0);
+                a.1.push(x.1);
+                a.2.push(x.2);
+                a
+            });
+        let x = Tensor::cat(
+            &[
+                images.index_select(&Tensor::new(i.as_slice(), &device)?, 0)?,
+                texts.index_select(&Tensor::new(t.as_slice(), &device)?, 0)?,
+            ],
+            1,
+        )?;
+        let mean = x.mean(0)?;
+        let inv_std = (x.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()? + 1e-6)?.recip()?;
+        let x = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;
+        let y = Tensor::from_vec(y, (set.pairs.len(), 1), &device)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        // Zero init: the fit is convex, so the start does not matter and the result is seeded.
+        let linear = candle_nn::Linear::new(
+            vb.get_with_hints((1, d_img + d_txt), "weight", candle_nn::Init::Const(0.0))?,
+            Some(vb.get_with_hints(1, "bias", candle_nn::Init::Const(0.0))?),
+        );
+        let mut opt =
+            AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 1e-2, ..Default::default() })?;
+        let mut order: Vec<u32> = (0..set.pairs.len() as u32).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for _ in 0..10 {
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(512) {
+                let idx = Tensor::new(chunk, &device)?;
+                let pred = linear.forward(&x.index_select(&idx, 0)?)?;
+                let loss = (pred - y.index_select(&idx, 0)?)?.sqr()?.mean_all()?;
+                opt.backward_step(&loss)?;
+            }
+        }
+        let w = linear.weight().squeeze(0)?;
+        Ok(Regressor {
+            w_image: w.narrow(0, 0, d_img)?,
+            w_text: w.narrow(0, d_img, d_txt)?,
+            bias: linear.bias().expect("has a bias").to_vec1::<f32>()?[0],
+            mean,
+            inv_std,
+        })
+    }
+
+    /// `(n, d)` rows of one side standardised and dotted with that side's weights.
+    fn side(&self, xs: &Tensor, offset: usize, w: &Tensor) -> Result<Tensor> {
+        let d = xs.dims2()?.1;
+        let xs =
+            xs.broadcast_sub(&self.mean.narrow(0, offset, d)?)?.broadcast_mul(&self.inv_std.narrow(0, offset, d)?)?;
+        Ok(xs.matmul(&w.unsqueeze(1)?)?.squeeze(1)?)
+    }
+}
+
+impl Scorer for Regressor {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let d_img = images.dims2()?.1;
+        let a = self.side(images, 0, &self.w_image)?.to_vec1::<f32>()?;
+        let b = self.side(texts, d_img, &self.w_text)?.to_vec1::<f32>()?;
+        Ok(b.iter().map(|t| a.iter().map(|i| (i + t + self.bias).clamp(0.0, 1.0)).collect()).collect())
+    }
+    fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
+        let d_img = images.dims2()?.1;
+        let a = self.side(images, 0, &self.w_image)?.to_vec1::<f32>()?;
+        let b = self.side(texts, d_img, &self.w_text)?.to_vec1::<f32>()?;
+        Ok(a.iter().zip(&b).map(|(i, t)| (i + t + self.bias).clamp(0.0, 1.0)).collect())
+    }
+}
+
+/// A model under evaluation: its scorers and the text rows it reads (MiniLM or TF-IDF). The
+/// test scorer may know more than the validation one (e.g. neighbours among all training
+/// images), never less.
+struct Entry {
+    name: String,
+    scorer: Rc<dyn Scorer>,
+    test_scorer: Rc<dyn Scorer>,
+    texts: Tensor,
+}
+
+impl Entry {
+    fn new(name: String, scorer: Rc<dyn Scorer>, texts: Tensor) -> Self {
+        Entry { name, test_scorer: scorer.clone(), scorer, texts }
+    }
+}
+
+/// Neighbours among the training captions: an image's nearest training images (by cosine of
+/// standardised image features) vote with how well the query matches their captions (cosine
+/// of MiniLM embeddings). Training-free.
+struct Neighbours {
+    mean: Tensor,
+    inv_std: Tensor,
+    /// `(gallery, d_img)` unit rows.
+    gallery: Tensor,
+    /// Text rows (into `texts`) of each gallery image's captions.
+    captions: Vec<Vec<usize>>,
+    /// Every caption's MiniLM embedding (unit rows).
+    texts: Tensor,
+    k: usize,
+    temperature: f32,
+}
+
+impl Neighbours {
+    /// `gallery` pairs each training image row (of `images`) with the text rows of its captions.
+    fn new(images: &Tensor, texts: &Tensor, gallery: BTreeMap<usize, Vec<usize>>, fit_rows: &[usize]) -> Result<Self> {
+        let fit = images.index_select(&index(fit_rows)?, 0)?;
+        let mean = fit.mean(0)?;
+        let inv_std = (fit.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()? + 1e-6)?.recip()?;
+        let rows: Vec<usize> = gallery.keys().copied().collect();
+        let mut n = Neighbours {
+            mean,
+            inv_std,
+            gallery: Tensor::zeros((1, 1), DType::F32, &Device::Cpu)?,
+            captions: gallery.into_values().collect(),
+            texts: texts.clone(),
+            k: 10,
+            temperature: 0.05,
+        };
+        n.gallery = n.normalise(&images.index_select(&index(&rows)?, 0)?)?;
+        Ok(n)
+    }
+
+    fn normalise(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = xs.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
+        Ok(xs.broadcast_div(&xs.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?)
+    }
+}
+
+impl Scorer for Neighbours {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let sims = self.normalise(images)?.matmul(&self.gallery.t()?)?.to_vec2::<f32>()?;
+        // How well each query matches each gallery image's best caption.
+        let text_sims = texts.matmul(&self.texts.t()?)?.to_vec2::<f32>()?;
+        let matches: Vec<Vec<f32>> = text_sims
+            .iter()
+            .map(|row| self.captions.iter().map(|c| c.iter().map(|&t| row[t]).fold(f32::MIN, f32::max)).collect())
+            .collect();
+        let votes: Vec<Vec<(usize, f32)>> = sims
+            .iter()
+            .map(|row| {
+                let hits = imsearch_index::top_k(row, self.k);
+                let max = hits.first().map_or(0.0, |h| h.score);
+                let w: Vec<f32> = hits.iter().map(|h| ((h.score - max) / self.temperature).exp()).collect();
+                let total: f32 = w.iter().sum();
+                hits.iter().zip(w).map(|(h, w)| (h.row, w / total)).collect()
+            })
+            .collect();
+        Ok(matches
+            .iter()
+            .map(|m| votes.iter().map(|v| (v.iter().map(|&(g, w)| w * m[g]).sum::<f32>() + 1.0) / 2.0).collect())
+            .collect())
+    }
+    fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
+        let n = images.dims2()?.0;
+        (0..n).map(|i| Ok(self.matrix(&images.narrow(0, i, 1)?, &texts.narrow(0, i, 1)?)?[0][0])).collect()
+    }
+}
+
+/// Scorers combined after z-scoring each one's scores per query, with weights chosen on the
+/// validation split; mapped into 0..1 by a sigmoid (ranks unchanged). Pair scores are the first
+/// scorer's (the calibrated fusion model).
+struct Ensemble {
+    parts: Vec<(Rc<dyn Scorer>, f32)>,
+}
+
+impl Scorer for Ensemble {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let mats = self.parts.iter().map(|(s, _)| s.matrix(images, texts)).collect::<Result<Vec<_>>>()?;
+        let weights: Vec<f32> = self.parts.iter().map(|p| p.1).collect();
+        Ok(combine(&mats, &weights)
+            .into_iter()
+            .map(|r| r.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect())
+            .collect())
+    }
+    fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
+        self.parts[0].0.pairs(images, texts)
+    }
+}
+
+/// Per query (row), each matrix z-scored, then summed with `weights`.
+fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
+    let z = |row: &[f32]| -> Vec<f32> {
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let std = (row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-9);
+        row.iter().map(|v| (v - mean) / std).collect()
+    };
+    (0..mats[0].len())
+        .map(|q| {
+            let mut out = vec![0.0; mats[0][q].len()];
+            for (m, &w) in mats.iter().zip(weights) {
+                for (o, v) in out.iter_mut().zip(z(&m[q])) {
+                    *o += w * v;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn index(rows: &[usize]) -> candle::Result<Tensor> {
+    Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), &Device::Cpu)
+}
+
+pub(crate) fn run(args: &Args) -> Result<()> {
+    let metrics = evaluate(args)?;
+    let path = paths::resolve(&args.embed.workdir).join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&metrics)?)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    print_table(&metrics);
+    println!("\nbest on validation: {}", metrics.best);
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
+    let data = paths::data_dir(args.data.as_deref())?;
+    let ds = Dataset::load(&data, Default::default())
+        .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
+    let emb = embed::embed_all(&ds, &args.models.store()?, &args.embed)?;
+    let p = Prepared::new(&ds, &emb, &args.train)?;
+    p.print_counts();
+
+    let mut entries = vec![Entry::new("random".into(), Rc::new(Random(args.train.seed)), p.texts.clone())];
+    let start = Instant::now();
+    let regressor = Regressor::train(&p.images, &p.texts, &p.train, args.train.seed)?;
+    println!("trained the concatenation regressor in {:.1} s", start.elapsed().as_secs_f64());
+    entries.push(Entry::new("regressor-concat (original task)".into(), Rc::new(regressor), p.texts.clone()));
+
+    // TF-IDF fitted on the training side's captions only.
+    let caption_text = train::caption_texts(&ds);
+    let test_text: BTreeMap<String, &str> =
+        ds.test_queries.iter().map(|q| (q.query.to_string(), q.text.as_str())).collect();
+    let text_of = |id: &str| -> &str {
+        imsearch_types::QueryId::parse(id)
+            .ok()
+            .and_then(|q| caption_text.get(&q))
+            .map(String::as_str)
+            .or_else(|| test_text.get(id).copied())
+            .unwrap_or("")
+    };
+    let train_docs: Vec<&str> = p.train.positives.iter().map(|&(t, _)| text_of(&p.text_ids[t])).collect();
+    let tfidf = Tfidf::fit(&train_docs, TfidfOptions::default()).context("failed to fit TF-IDF")?;
+    let all_texts: Vec<&str> = p.text_ids.iter().map(|id| text_of(id)).collect();
+    let m = tfidf.transform_dense(&all_texts);
+    let tfidf_texts = Tensor::from_vec(m.as_slice().to_vec(), (m.rows(), m.dim()), &Device::Cpu)?;
+    let mut tfidf_config = p.fusion_config(&args.train)?;
+    tfidf_config.text_encoder = format!("tfidf-{}", m.dim());
+    tfidf_config.text_dim = m.dim();
+    let start = Instant::now();
+    let (tfidf_model, _, _) = imsearch_fusion::train(
+        tfidf_config,
+        &train::train_config(&args.train),
+        &p.images,
+        &tfidf_texts,
+        &p.train,
+        &p.validation,
+        |_| {},
+    )?;
+    println!("trained the TF-IDF fusion model in {:.1} s", start.elapsed().as_secs_f64());
+    entries.push(Entry::new(format!("fusion {} + tf-idf", p.image_encoder), Rc::new(tfidf_model), tfidf_texts));
+
+    let dir = train::checkpoint_dir(&args.embed, &args.train);
+    let fusion = match FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &Device::Cpu) {
+        Ok(model) if !args.retrain => {
+            println!("reusing the checkpoint in {}", dir.display());
+            model
+        }
+        _ => train::train_and_save(&p, &args.embed, &args.train)?.0,
+    };
+    let fusion: Rc<dyn Scorer> = Rc::new(fusion);
+    entries.push(Entry::new(
+        format!("fusion {} + {}", p.image_encoder, embed::TEXT_MODEL),
+        fusion.clone(),
+        p.texts.clone(),
+    ));
+
+    // Neighbours among the training captions: on validation the gallery is the training side;
+    // on the test set, every training image.
+    let mut gallery: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(t, i) in &p.train.positives {
+        gallery.entry(i).or_default().push(t);
+    }
+    let train_rows: Vec<usize> = p.train.candidates.clone();
+    let neighbours: Rc<dyn Scorer> = Rc::new(Neighbours::new(&p.images, &p.texts, gallery.clone(), &train_rows)?);
+    for &(t, i) in &p.validation.positives {
+        gallery.entry(i).or_default().push(t);
+    }
+    for &(i, t, y) in &p.validation.pairs {
+        if y >= train::CONFIRMED {
+            gallery.entry(i).or_default().push(t);
+        }
+    }
+    let all_rows: Vec<usize> = (0..p.images.dims2()?.0).collect();
+    let neighbours_all: Rc<dyn Scorer> = Rc::new(Neighbours::new(&p.images, &p.texts, gallery, &all_rows)?);
+    entries.push(Entry {
+        name: "caption neighbours (training-free)".into(),
+        scorer: neighbours.clone(),
+        test_scorer: neighbours_all.clone(),
+        texts: p.texts.clone(),
+    });
+
+    // The ensemble's weight, chosen on validation MRR.
+    let (w, mrr) = choose_weight(&p, &[fusion.clone(), neighbours.clone()])?;
+    println!("ensemble: neighbours weight {w:.2} against fusion 1.00 (validation MRR {mrr:.3})");
+    entries.push(Entry {
+        name: "ensemble: fusion + caption neighbours".into(),
+        scorer: Rc::new(Ensemble { parts: vec![(fusion.clone(), 1.0), (neighbours, w)] }),
+        test_scorer: Rc::new(Ensemble { parts: vec![(fusion, 1.0), (neighbours_all, w)] }),
+        texts: p.texts.clone(),
+    });
+
+    // Validation first, for every model; the choice is made here.
+    let mut validation = BTreeMap::new();
+    for e in &entries {
+        validation.insert(e.name.clone(), validate(e, &p)?);
+    }
+    let best = validation
+        .iter()
+        .max_by(|a, b| a.1.mrr.total_cmp(&b.1.mrr))
+        .map(|(k, _)| k.clone())
+        .expect("at least one model");
+
+    // The test set, scored once per model.
+    let test_ids: Vec<&str> = ds.test_images.iter().map(|r| r.image.as_str()).collect();
+    let test_images = train::test_image_matrix(&emb, &test_ids)?;
+    let column: BTreeMap<&str, usize> = test_ids.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let text_row: BTreeMap<&str, usize> = p.text_ids.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let policy = TextPolicy::default();
+    let mut rows = Vec::new();
+    let mut correct = Vec::new();
+    let mut allowed = Vec::new();
+    for q in &ds.test_queries {
+        let key = q.query.to_string();
+        let r = *text_row.get(key.as_str()).with_context(|| format!("no text embedding for test query {key}"))?;
+        rows.push(r as u32);
+        correct.push(column[q.image.as_str()]);
+        allowed.push(policy.matched_word(&q.text).is_none());
+    }
+    let mut models = BTreeMap::new();
+    let mut test_scoring_ms = 0.0;
+    for e in &entries {
+        let texts = e.texts.index_select(&Tensor::new(rows.as_slice(), &Device::Cpu)?, 0)?;
+        let start = Instant::now();
+        let scores = e.test_scorer.matrix(&test_images, &texts)?;
+        if e.name == best {
+            test_scoring_ms = start.elapsed().as_secs_f64() * 1e3;
+        }
+        let ranks: Vec<usize> = scores.iter().zip(&correct).map(|(s, &c)| imsearch_eval::rank_of(s, c)).collect();
+        let allowed_ranks: Vec<usize> = ranks.iter().zip(&allowed).filter(|(_, &a)| a).map(|(&r, _)| r).collect();
+        models.insert(
+            e.name.clone(),
+            ModelMetrics {
+                validation: validation.remove(&e.name).expect("validated"),
+                test: RetrievalMetrics::from_ranks(&ranks).context("no test queries")?,
+                test_allowed: RetrievalMetrics::from_ranks(&allowed_ranks).context("every test query is blocked")?,
+            },
+        );
+    }
+    Ok(Metrics {
+        seed: args.train.seed,
+        best,
+        models,
+        test_queries: ds.test_queries.len(),
+        test_queries_allowed: allowed.iter().filter(|&&a| a).count(),
+        test_images: test_ids.len(),
+        data: p.counts.clone(),
+        test_scoring_ms,
+    })
+}
+
+/// Validation ranks of every caption against every validation image under `scorer`.
+fn validation_matrix(scorer: &dyn Scorer, p: &Prepared) -> Result<Vec<Vec<f32>>> {
+    let set = &p.validation;
+    let candidates = p.images.index_select(&index(&set.candidates)?, 0)?;
+    let queries = p.texts.index_select(&index(&set.positives.iter().map(|x| x.0).collect::<Vec<_>>())?, 0)?;
+    scorer.matrix(&candidates, &queries)
+}
+
+fn validation_mrr(scores: &[Vec<f32>], p: &Prepared) -> f64 {
+    let column: BTreeMap<usize, usize> = p.validation.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let ranks: Vec<usize> =
+        scores.iter().zip(&p.validation.positives).map(|(s, &(_, i))| imsearch_eval::rank_of(s, column[&i])).collect();
+    RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr)
+}
+
+/// The weight of the second scorer against the first that maximises validation MRR.
+fn choose_weight(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(f32, f64)> {
+    let mats = scorers.iter().map(|s| validation_matrix(s.as_ref(), p)).collect::<Result<Vec<_>>>()?;
+    let mut best = (0.0, f64::NEG_INFINITY);
+    for step in 0..=12 {
+        let w = step as f32 * 0.25;
+        let mrr = validation_mrr(&combine(&mats, &[1.0, w]), p);
+        if mrr > best.1 {
+            best = (w, mrr);
+        }
+    }
+    Ok(best)
+}
+
+fn validate(e: &Entry, p: &Prepared) -> Result<Validation> {
+    let device = Device::Cpu;
+    let idx = |v: Vec<u32>| Tensor::new(v.as_slice(), &device);
+    let set = &p.validation;
+    let images = p.images.index_select(&idx(set.pairs.iter().map(|x| x.0 as u32).collect())?, 0)?;
+    let texts = e.texts.index_select(&idx(set.pairs.iter().map(|x| x.1 as u32).collect())?, 0)?;
+    let pred: Vec<f64> = e.scorer.pairs(&images, &texts)?.into_iter().map(f64::from).collect();
+    let label: Vec<f64> = set.pairs.iter().map(|x| f64::from(x.2)).collect();
+    let positive: Vec<bool> = label.iter().map(|&l| l >= 0.5).collect();
+    let (mut expert_pred, mut expert_grade) = (Vec::new(), Vec::new());
+    for (pair, &s) in p.validation_pairs.iter().zip(&pred) {
+        if let Some(g) = pair.sources.expert {
+            expert_pred.push(s);
+            expert_grade.push(f64::from(g.mean()));
+        }
+    }
+    // Retrieval: each validation caption against every validation image.
+    let candidates = p.images.index_select(&idx(set.candidates.iter().map(|&i| i as u32).collect())?, 0)?;
+    let column: BTreeMap<usize, usize> = set.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let queries = e.texts.index_select(&idx(set.positives.iter().map(|x| x.0 as u32).collect())?, 0)?;
+    let scores = e.scorer.matrix(&candidates, &queries)?;
+    let ranks: Vec<usize> =
+        scores.iter().zip(&set.positives).map(|(s, &(_, i))| imsearch_eval::rank_of(s, column[&i])).collect();
+    let r = RetrievalMetrics::from_ranks(&ranks).context("no validation captions")?;
+    Ok(Validation {
+        mae: mae(&pred, &label),
+        rmse: rmse(&pred, &label),
+        roc_auc: roc_auc(&pred, &positive),
+        kendall_tau_b: kendall_tau_b(&pred, &label),
+        spearman: spearman(&pred, &label),
+        kendall_tau_c_expert: kendall_tau_c(&expert_pred, &expert_grade),
+        recall_at_1: r.recall_at_1,
+        recall_at_5: r.recall_at_5,
+        recall_at_10: r.recall_at_10,
+        mrr: r.mrr,
+    })
+}
+
+fn print_table(m: &Metrics) {
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    println!(
+        "\n{:<58} | {:>6} {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6}",
+        "model", "MAE", "AUC", "tau-b", "tau-c", "MRR", "R@1", "R@5", "R@10", "MRR", "medR", "R@1*", "MRR*"
+    );
+    println!("{:<58} | {:^34} | {:^34} | {:^13}", "", "validation", "test (500 queries x 100 images)", "allowed*");
+    for (name, x) in &m.models {
+        let v = &x.validation;
+        println!(
+            "{name:<58} | {:>6} {:>6} {:>6} {:>6} {:>6.3} | {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>6.1} | {:>6.3} {:>6.3}",
+            f(v.mae),
+            f(v.roc_auc),
+            f(v.kendall_tau_b),
+            f(v.kendall_tau_c_expert),
+            v.mrr,
+            x.test.recall_at_1,
+            x.test.recall_at_5,
+            x.test.recall_at_10,
+            x.test.mrr,
+            x.test.median_rank,
+            x.test_allowed.recall_at_1,
+            x.test_allowed.mrr
+        );
+    }
+    println!(
+        "* test queries the compliance text policy lets through: {} of {}; scoring all test pairs with the best model took {:.1} ms",
+        m.test_queries_allowed, m.test_queries, m.test_scoring_ms
+    );
+}

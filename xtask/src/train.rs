@@ -1,0 +1,291 @@
+//! `cargo xtask train`: the fusion model trained on the aggregated labels, split by image, after
+//! the compliance filter, with early stopping on the validation split.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use candle::Tensor;
+use imsearch_compliance::TextPolicy;
+use imsearch_data::{aggregate, Aggregation, Dataset, ImageSplit};
+use imsearch_fusion::{FusionConfig, FusionModel, PairSet, TrainConfig, TrainReport};
+use imsearch_types::{GradedPair, ImageId, QueryId};
+use serde::Serialize;
+
+use crate::{
+    embed::{self, EmbedOpts, Embeddings},
+    models::ModelsArg,
+    paths,
+};
+
+/// Labels at or above this (experts' majority grade 3 of 4, or better) make a pair a positive
+/// for the contrastive term as well.
+pub(crate) const CONFIRMED: f32 = 0.66;
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct TrainOpts {
+    /// Seed of the split, the initial weights and the batch order.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Share of the training images used for training; the rest validate.
+    #[arg(long, default_value_t = 0.7)]
+    pub(crate) train_fraction: f64,
+    /// Most epochs; training stops earlier when validation MRR stops improving.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) epochs: usize,
+    /// Width of the shared space.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) shared_dim: usize,
+    /// Width of each projection's hidden layer (0: linear projections).
+    #[arg(long, default_value_t = 512)]
+    pub(crate) hidden_dim: usize,
+    /// Weight of the contrastive term against the label cross-entropy (4 was best on validation
+    /// among 0, 1 and 4).
+    #[arg(long, default_value_t = 4.0)]
+    pub(crate) contrastive_weight: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) learning_rate: f64,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsArg,
+    #[command(flatten)]
+    pub(crate) embed: EmbedOpts,
+    #[command(flatten)]
+    pub(crate) train: TrainOpts,
+}
+
+pub(crate) fn run(args: &Args) -> Result<()> {
+    let data = paths::data_dir(args.data.as_deref())?;
+    let ds = Dataset::load(&data, Default::default())
+        .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
+    let emb = embed::embed_all(&ds, &args.models.store()?, &args.embed)?;
+    let prepared = Prepared::new(&ds, &emb, &args.train)?;
+    prepared.print_counts();
+    let (_, report, dir) = train_and_save(&prepared, &args.embed, &args.train)?;
+    println!(
+        "best epoch {} of {}, validation MRR {:.3}; checkpoint in {}",
+        report.best_epoch,
+        report.epochs.len(),
+        report.best_validation_mrr,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Counts of what went into training, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DataCounts {
+    pub(crate) labelled_pairs: usize,
+    pub(crate) pairs_removed_by_compliance: usize,
+    pub(crate) images_removed_by_compliance: usize,
+    pub(crate) pairs_without_embedding: usize,
+    pub(crate) train_pairs: usize,
+    pub(crate) validation_pairs: usize,
+    pub(crate) train_images: usize,
+    pub(crate) validation_images: usize,
+    pub(crate) train_positives: usize,
+    pub(crate) validation_positives: usize,
+}
+
+/// Embeddings as tensors and the pairs as rows of them, split by image.
+pub(crate) struct Prepared {
+    pub(crate) image_encoder: String,
+    /// `(n_train_images, sum of encoder dims)`.
+    pub(crate) images: Tensor,
+    /// Query ids of every caption and test query, in row order of `texts`.
+    pub(crate) text_ids: Vec<String>,
+    pub(crate) texts: Tensor,
+    pub(crate) train: PairSet,
+    pub(crate) validation: PairSet,
+    /// The labelled validation pairs with their sources, parallel to `validation.pairs`.
+    pub(crate) validation_pairs: Vec<GradedPair>,
+    pub(crate) counts: DataCounts,
+}
+
+impl Prepared {
+    pub(crate) fn new(ds: &Dataset, emb: &Embeddings, opts: &TrainOpts) -> Result<Self> {
+        let captions = ds.train_captions();
+        let labels = aggregate(&ds.expert, &ds.crowd, Aggregation::default(), |q| captions.contains_key(q))?;
+        let policy = TextPolicy::default();
+        let mut removed_images = std::collections::BTreeSet::new();
+        let mut kept = Vec::new();
+        for pair in labels.pairs {
+            if policy.matched_word(captions[&pair.query]).is_some() {
+                removed_images.insert(pair.image.clone());
+            } else {
+                kept.push(pair);
+            }
+        }
+        let removed = labels.report.labelled - kept.len();
+
+        let (image_encoder, image_ids, images) = train_image_matrix(emb)?;
+        let image_row: HashMap<&ImageId, usize> = image_ids.iter().enumerate().map(|(i, k)| (k, i)).collect();
+        let text_ids: Vec<String> = emb.texts.keys().to_vec();
+        let text_row: HashMap<&str, usize> = text_ids.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let texts = embed::rows(&emb.texts, &text_ids.iter().map(String::as_str).collect::<Vec<_>>())?;
+
+        let split = ImageSplit::new(image_ids.iter().cloned(), opts.train_fraction, opts.seed)?;
+        let mut train = PairSet::default();
+        let mut validation = PairSet::default();
+        let mut validation_pairs = Vec::new();
+        let mut missing = 0;
+        for pair in kept {
+            let (Some(&i), Some(&t)) = (image_row.get(&pair.image), text_row.get(pair.query.to_string().as_str()))
+            else {
+                missing += 1;
+                continue;
+            };
+            match split.side(&pair.image) {
+                Some(imsearch_types::Split::Train) => {
+                    train.pairs.push((i, t, pair.label.get()));
+                    // A caption graded as describing another image is a positive for it too.
+                    if pair.label.get() >= CONFIRMED && pair.query.source_image() != &pair.image {
+                        train.positives.push((t, i));
+                    }
+                }
+                Some(imsearch_types::Split::Validation) => {
+                    validation.pairs.push((i, t, pair.label.get()));
+                    validation_pairs.push(pair);
+                }
+                None => missing += 1,
+            }
+        }
+        // Positives: each caption and the image it was written for, on that image's side.
+        // Captions that name a child are left out here too.
+        for (query, text) in &captions {
+            if policy.matched_word(text).is_some() {
+                continue;
+            }
+            let (Some(&i), Some(&t)) = (image_row.get(query.source_image()), text_row.get(query.to_string().as_str()))
+            else {
+                continue;
+            };
+            match split.side(query.source_image()) {
+                Some(imsearch_types::Split::Train) => train.positives.push((t, i)),
+                Some(imsearch_types::Split::Validation) => validation.positives.push((t, i)),
+                None => {}
+            }
+        }
+        train.candidates = split.train().iter().filter_map(|i| image_row.get(i).copied()).collect();
+        validation.candidates = split.validation().iter().filter_map(|i| image_row.get(i).copied()).collect();
+        let counts = DataCounts {
+            labelled_pairs: labels.report.labelled,
+            pairs_removed_by_compliance: removed,
+            images_removed_by_compliance: removed_images.len(),
+            pairs_without_embedding: missing,
+            train_pairs: train.pairs.len(),
+            validation_pairs: validation.pairs.len(),
+            train_images: split.train().len(),
+            validation_images: split.validation().len(),
+            train_positives: train.positives.len(),
+            validation_positives: validation.positives.len(),
+        };
+        Ok(Prepared { image_encoder, images, text_ids, texts, train, validation, validation_pairs, counts })
+    }
+
+    pub(crate) fn print_counts(&self) {
+        let c = &self.counts;
+        println!(
+            "pairs: {} labelled, {} removed by the compliance text policy (captions naming a child; \
+             {} images affected), {} without an embedding; {} train / {} validation pairs over {} / {} images; \
+             {} / {} caption-image positives",
+            c.labelled_pairs,
+            c.pairs_removed_by_compliance,
+            c.images_removed_by_compliance,
+            c.pairs_without_embedding,
+            c.train_pairs,
+            c.validation_pairs,
+            c.train_images,
+            c.validation_images,
+            c.train_positives,
+            c.validation_positives
+        );
+    }
+
+    pub(crate) fn fusion_config(&self, opts: &TrainOpts) -> Result<FusionConfig> {
+        Ok(FusionConfig {
+            image_encoder: self.image_encoder.clone(),
+            text_encoder: embed::TEXT_MODEL.to_owned(),
+            image_dim: self.images.dims2()?.1,
+            text_dim: self.texts.dims2()?.1,
+            hidden_dim: opts.hidden_dim,
+            shared_dim: opts.shared_dim,
+        })
+    }
+}
+
+/// The train images' features of every encoder, side by side: `(n, sum of dims)`.
+pub(crate) fn train_image_matrix(emb: &Embeddings) -> Result<(String, Vec<ImageId>, Tensor)> {
+    let Some((_, first, _)) = emb.images.first() else { bail!("no image encoder chosen") };
+    let ids: Vec<ImageId> = first.keys().iter().map(|k| ImageId(k.clone())).collect();
+    let keys: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+    let parts = emb.images.iter().map(|(_, train, _)| embed::rows(train, &keys)).collect::<Result<Vec<_>>>()?;
+    let name = emb.images.iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>().join("+");
+    Ok((name, ids, Tensor::cat(&parts, 1)?))
+}
+
+/// The test images' features of every encoder, side by side, rows in `ids` order.
+pub(crate) fn test_image_matrix(emb: &Embeddings, ids: &[&str]) -> Result<Tensor> {
+    let parts = emb.images.iter().map(|(_, _, test)| embed::rows(test, ids)).collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+pub(crate) fn train_config(opts: &TrainOpts) -> TrainConfig {
+    TrainConfig {
+        seed: opts.seed,
+        max_epochs: opts.epochs,
+        contrastive_weight: opts.contrastive_weight,
+        learning_rate: opts.learning_rate,
+        ..TrainConfig::default()
+    }
+}
+
+/// Trains, prints each epoch, saves the checkpoint under the work directory.
+pub(crate) fn train_and_save(
+    p: &Prepared,
+    embed: &EmbedOpts,
+    opts: &TrainOpts,
+) -> Result<(FusionModel, TrainReport, PathBuf)> {
+    let config = p.fusion_config(opts)?;
+    let start = Instant::now();
+    let bar = crate::progress::bar(opts.epochs as u64, "training", "epochs");
+    let (model, tensors, report) =
+        imsearch_fusion::train(config, &train_config(opts), &p.images, &p.texts, &p.train, &p.validation, |e| {
+            bar.inc(1);
+            bar.suspend(|| {
+                println!(
+                    "epoch {:>2}: train loss {:.4}, validation bce {:.4}, validation MRR {:.3}",
+                    e.epoch, e.train_loss, e.validation_bce, e.validation_mrr
+                )
+            })
+        })?;
+    bar.finish_and_clear();
+    println!("trained in {:.1} s", start.elapsed().as_secs_f64());
+    let dir = checkpoint_dir(embed, opts);
+    model.save(&tensors, &dir)?;
+    std::fs::write(dir.join("train_report.json"), serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("failed to write {}", dir.join("train_report.json").display()))?;
+    Ok((model, report, dir))
+}
+
+/// The checkpoint folder of one training configuration: the seed and a digest of every option
+/// that changes the model, so a checkpoint is reused only for the same configuration.
+pub(crate) fn checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
+    let key = format!("{:?}|{:?}|{:?}|{:?}", embed.image_encoders, embed.views, opts, TrainConfig::default());
+    let digest = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    paths::resolve(&embed.workdir).join("checkpoints").join(format!("fusion-seed{}-{digest:016x}", opts.seed))
+}
+
+/// Captions by query id, for callers that need texts.
+pub(crate) fn caption_texts(ds: &Dataset) -> BTreeMap<QueryId, String> {
+    ds.train_captions().into_iter().map(|(q, t)| (q, t.to_owned())).collect()
+}

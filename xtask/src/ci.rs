@@ -15,8 +15,48 @@ pub(crate) struct Args {
     models: ModelsArg,
 }
 
+/// Architecture invariants (docs/ARCHITECTURE.md): packages a crate must never depend on,
+/// directly or not.
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    ("imsearch-types", &["imsearch-", "candle"]),
+    ("imsearch-data", &["candle", "image", "imsearch-models"]),
+    ("imsearch-eval", &["candle", "imsearch-"]),
+    ("imsearch-compliance", &["candle", "imsearch-"]),
+    ("imsearch-index", &["candle", "imsearch-"]),
+    ("imsearch-report", &["candle", "imsearch-"]),
+    ("imsearch-models", &["candle", "imsearch-"]),
+    ("imsearch-vision", &["imsearch-models", "imsearch-text", "imsearch-data"]),
+    ("imsearch-text", &["imsearch-models", "imsearch-vision", "imsearch-data"]),
+    ("imsearch-fusion", &["imsearch-vision", "imsearch-text", "imsearch-models", "imsearch-data"]),
+];
+
+/// Checks [`FORBIDDEN`] with `cargo tree`.
+fn dependency_rules(root: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for (krate, forbidden) in FORBIDDEN {
+        let out = Command::new(&cargo)
+            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}"])
+            .current_dir(root)
+            .output()
+            .with_context(|| format!("failed to run cargo tree -p {krate}"))?;
+        if !out.status.success() {
+            bail!("cargo tree -p {krate} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for line in tree.lines().skip(1) {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if let Some(rule) = forbidden.iter().find(|f| name.starts_with(*f)) {
+                bail!("{krate} depends on {name}, which its architecture invariant forbids ({rule}*)");
+            }
+        }
+    }
+    println!("ci: dependency rules hold for {} crates", FORBIDDEN.len());
+    Ok(())
+}
+
 pub(crate) fn run(root: &Path, args: &Args) -> Result<()> {
     super::fixtures::run(root, &super::fixtures::Args { check: true })?;
+    dependency_rules(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"], None)?;
     cargo(root, &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"], None)?;
     if !args.no_test {

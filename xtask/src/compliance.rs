@@ -38,7 +38,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::Write,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -173,7 +172,7 @@ pub(crate) struct ChildEvidence {
 
 impl ChildEvidence {
     pub(crate) fn new(captions: &BTreeMap<QueryId, &str>, pairs: &[GradedPair], policy: &TextPolicy) -> Self {
-        let names_child = |q: &QueryId| captions.get(q).is_some_and(|t| policy.matched_word(t).is_some());
+        let names_child = |q: &QueryId| captions.get(q).is_some_and(|t| policy.matched(t).is_some());
         ChildEvidence {
             by_caption: captions.keys().filter(|q| names_child(q)).map(|q| q.source_image().clone()).collect(),
             by_pair: pairs
@@ -293,7 +292,7 @@ pub(crate) fn load_or_train_image_policy(
     }
     let ckpt = data.fit(seed, train_fraction, opts.recall_target, fingerprint)?;
     let json = serde_json::to_string_pretty(&ckpt)?;
-    write_atomic(&path, json.as_bytes())?;
+    paths::write_atomic(&path, json.as_bytes())?;
     Ok((ckpt, path, true))
 }
 
@@ -433,7 +432,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
     print_report(&report);
     let path = paths::resolve(&args.embed.workdir).join("compliance.json");
-    write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    paths::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     println!("\nwrote {}", path.display());
     Ok(())
 }
@@ -706,20 +705,20 @@ fn text_figures(ds: &Dataset, prepared: &Prepared) -> Result<TextFigures> {
     let filter = TrainingFilter::new(&captions, &labels.pairs, &policy);
     let counts = &prepared.counts;
     if filter.pairs_removed != counts.pairs_removed_by_compliance
-        || filter.images_affected != counts.images_removed_by_compliance
+        || filter.images_affected != counts.images_affected_by_compliance
     {
         bail!(
             "the compliance counts disagree with training's: {} pairs / {} images here, {} / {} in `cargo xtask train`",
             filter.pairs_removed,
             filter.images_affected,
             counts.pairs_removed_by_compliance,
-            counts.images_removed_by_compliance
+            counts.images_affected_by_compliance
         );
     }
     let mut by_word = BTreeMap::new();
     let mut child_images = BTreeSet::new();
     for q in &ds.test_queries {
-        if let Some(word) = policy.matched_word(&q.text) {
+        if let Some(word) = policy.matched(&q.text) {
             *by_word.entry(word.to_owned()).or_insert(0) += 1;
             child_images.insert(q.image.clone());
         }
@@ -733,7 +732,7 @@ fn text_figures(ds: &Dataset, prepared: &Prepared) -> Result<TextFigures> {
         train_captions_removed: filter.captions_removed,
         train_pairs_labelled: labels.pairs.len(),
         train_pairs_removed: counts.pairs_removed_by_compliance,
-        train_images_affected: counts.images_removed_by_compliance,
+        train_images_affected: counts.images_affected_by_compliance,
         train_images_removed: filter.images_removed,
         test_queries: ds.test_queries.len(),
         test_queries_blocked: by_word.values().sum(),
@@ -755,7 +754,7 @@ struct TrainingFilter {
 
 impl TrainingFilter {
     fn new(captions: &BTreeMap<QueryId, &str>, pairs: &[GradedPair], policy: &TextPolicy) -> Self {
-        let names_child = |q: &QueryId| captions.get(q).is_some_and(|t| policy.matched_word(t).is_some());
+        let names_child = |q: &QueryId| captions.get(q).is_some_and(|t| policy.matched(t).is_some());
         let (mut before, mut after, mut affected) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         let mut pairs_removed = 0;
         for p in pairs {
@@ -791,16 +790,16 @@ impl TrainingFilter {
 /// the ones to review.
 fn review_test_queries(queries: &[(String, &str, &ImageId)], policy: &TextPolicy) -> (usize, Vec<ReviewQuery>) {
     let child_images: BTreeSet<&ImageId> =
-        queries.iter().filter(|(_, t, _)| policy.matched_word(t).is_some()).map(|&(_, _, i)| i).collect();
+        queries.iter().filter(|(_, t, _)| policy.matched(t).is_some()).map(|&(_, _, i)| i).collect();
     let review_policy = TextPolicy::new(REVIEW_WORDS.iter().copied());
     let mut allowed = 0;
     let mut review = Vec::new();
     for (id, text, image) in queries {
-        if !child_images.contains(image) || policy.matched_word(text).is_some() {
+        if !child_images.contains(image) || policy.matched(text).is_some() {
             continue;
         }
         allowed += 1;
-        if let Some(word) = review_policy.matched_word(text) {
+        if let Some(word) = review_policy.matched(text) {
             review.push(ReviewQuery { query: id.clone(), text: (*text).to_owned(), word: word.to_owned() });
         }
     }
@@ -813,7 +812,7 @@ fn test_figures(ds: &Dataset, emb: &Embeddings, ckpt: &PolicyCheckpoint) -> Resu
     let policy = TextPolicy::default();
     let mut truth: BTreeMap<&ImageId, bool> = ds.test_images.iter().map(|r| (&r.image, false)).collect();
     for q in &ds.test_queries {
-        if policy.matched_word(&q.text).is_some() {
+        if policy.matched(&q.text).is_some() {
             if let Some(t) = truth.get_mut(&q.image) {
                 *t = true;
             }
@@ -963,8 +962,9 @@ impl Fnv {
     }
 }
 
-/// The checkpoint at `path`; `None` when there is none.
-fn read_checkpoint(path: &Path) -> Result<Option<PolicyCheckpoint>> {
+/// The checkpoint at `path`; `None` when there is none, an error when it is unreadable or of
+/// another format.
+pub(crate) fn read_checkpoint(path: &Path) -> Result<Option<PolicyCheckpoint>> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -976,26 +976,6 @@ fn read_checkpoint(path: &Path) -> Result<Option<PolicyCheckpoint>> {
         bail!("{} has format {}, expected {CHECKPOINT_FORMAT}", path.display(), ckpt.format);
     }
     Ok(Some(ckpt))
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader never sees half a file. Creates the parent directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".to_owned());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary may not exist if `create` failed.
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("failed to write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -1082,7 +1062,7 @@ mod tests {
         let (a, b) = (ImageId::from("a.jpg"), ImageId::from("b.jpg"));
         let queries = vec![
             ("a.jpg#0".to_owned(), "A crowd of children", &a),
-            ("a.jpg#1".to_owned(), "a group of young people", &a),
+            ("a.jpg#1".to_owned(), "two young adults watch", &a),
             ("a.jpg#2".to_owned(), "people at a party", &a),
             ("b.jpg#0".to_owned(), "a young man climbs", &b),
         ];
@@ -1090,7 +1070,7 @@ mod tests {
         assert_eq!(allowed, 2);
         assert_eq!(
             review,
-            vec![ReviewQuery { query: "a.jpg#1".into(), text: "a group of young people".into(), word: "young".into() }]
+            vec![ReviewQuery { query: "a.jpg#1".into(), text: "two young adults watch".into(), word: "young".into() }]
         );
     }
 
@@ -1205,7 +1185,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imsearch-compliance-test-{}", std::process::id()));
         let path = dir.join("sub").join("compliance-seed0.json");
         assert!(read_checkpoint(&path).unwrap().is_none());
-        write_atomic(&path, serde_json::to_string_pretty(&ckpt).unwrap().as_bytes()).unwrap();
+        paths::write_atomic(&path, serde_json::to_string_pretty(&ckpt).unwrap().as_bytes()).unwrap();
         let back = read_checkpoint(&path).unwrap().unwrap();
         assert_eq!(back.policy, ckpt.policy);
         assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&ckpt).unwrap());

@@ -78,7 +78,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let plots = plots(&ds, &labels.pairs, &out, args.seed)?;
 
     let json = serde_json::to_string_pretty(&summary)?;
-    write_atomic(&out.join("summary.json"), json.as_bytes())?;
+    paths::write_atomic(&out.join("summary.json"), json.as_bytes())?;
     let page = page(&data, &summary, &ds.report, &tables, &plots);
     page.write(&out.join("index.html"))?;
 
@@ -321,11 +321,4 @@ fn print_summary(s: &Summary, report: &LoadReport, tables: &[Table]) {
             }
         }
     }
-}
-
-/// Writes `bytes` to a temporary name next to `path`, then renames it into place.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("failed to write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))
 }

@@ -5,6 +5,7 @@
 
 mod ci;
 mod compliance;
+mod demo;
 mod eda;
 mod embed;
 mod eval;
@@ -12,6 +13,7 @@ mod fixtures;
 mod models;
 mod paths;
 mod progress;
+mod search;
 mod train;
 
 use std::process::ExitCode;
@@ -46,6 +48,11 @@ enum Command {
     Eval(eval::Args),
     /// Measure the compliance policies: training pairs removed, test queries blocked, the image classifier on the test images.
     Compliance(compliance::Args),
+    /// The main job: fetch, embed, train, evaluate, then show the top test images for random test
+    /// queries in a contact sheet (target/demo/demo.png) and a page (target/demo/index.html).
+    Demo(demo::Args),
+    /// Search a folder of photos (default: the test images) by a text query, ranked by the fusion score.
+    Search(search::Args),
     /// Run the checks CI runs: fixtures --check, format, clippy, tests.
     Ci(ci::Args),
 }
@@ -61,6 +68,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Compliance(args) => compliance::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Search(args) => search::run(args),
         Command::Ci(args) => ci::run(&root, args),
     };
     match result {

@@ -1,8 +1,12 @@
-//! Where things are: the workspace root and the dataset directory.
+//! Where things are: the workspace root and the dataset directory; writing files atomically.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// The dataset's place next to a checkout, relative to the workspace root.
 pub(crate) const DEFAULT_DATA: &str = "../shared/data/dsplus_integrated_project_4";
@@ -47,4 +51,24 @@ pub(crate) fn resolve(path: &Path) -> PathBuf {
     } else {
         workspace_root().join(path)
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// reader never sees half a file. Creates the parent directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".to_owned());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        // Best effort: the temporary may not exist if `create` failed.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("failed to write {}", path.display()))
 }

@@ -86,7 +86,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 pub(crate) struct DataCounts {
     pub(crate) labelled_pairs: usize,
     pub(crate) pairs_removed_by_compliance: usize,
-    pub(crate) images_removed_by_compliance: usize,
+    pub(crate) images_affected_by_compliance: usize,
     pub(crate) pairs_without_embedding: usize,
     pub(crate) train_pairs: usize,
     pub(crate) validation_pairs: usize,
@@ -119,7 +119,7 @@ impl Prepared {
         let mut removed_images = std::collections::BTreeSet::new();
         let mut kept = Vec::new();
         for pair in labels.pairs {
-            if policy.matched_word(captions[&pair.query]).is_some() {
+            if policy.matched(captions[&pair.query]).is_some() {
                 removed_images.insert(pair.image.clone());
             } else {
                 kept.push(pair);
@@ -162,7 +162,7 @@ impl Prepared {
         // Positives: each caption and the image it was written for, on that image's side.
         // Captions that name a child are left out here too.
         for (query, text) in &captions {
-            if policy.matched_word(text).is_some() {
+            if policy.matched(text).is_some() {
                 continue;
             }
             let (Some(&i), Some(&t)) = (image_row.get(query.source_image()), text_row.get(query.to_string().as_str()))
@@ -180,7 +180,7 @@ impl Prepared {
         let counts = DataCounts {
             labelled_pairs: labels.report.labelled,
             pairs_removed_by_compliance: removed,
-            images_removed_by_compliance: removed_images.len(),
+            images_affected_by_compliance: removed_images.len(),
             pairs_without_embedding: missing,
             train_pairs: train.pairs.len(),
             validation_pairs: validation.pairs.len(),
@@ -200,7 +200,7 @@ impl Prepared {
              {} / {} caption-image positives",
             c.labelled_pairs,
             c.pairs_removed_by_compliance,
-            c.images_removed_by_compliance,
+            c.images_affected_by_compliance,
             c.pairs_without_embedding,
             c.train_pairs,
             c.validation_pairs,
@@ -280,7 +280,16 @@ pub(crate) fn train_and_save(
 /// The checkpoint folder of one training configuration: the seed and a digest of every option
 /// that changes the model, so a checkpoint is reused only for the same configuration.
 pub(crate) fn checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
-    let key = format!("{:?}|{:?}|{:?}|{:?}", embed.image_encoders, embed.views, opts, TrainConfig::default());
+    // The compliance policy decides which pairs are trained on, so it is part of the key.
+    let key = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        embed.image_encoders,
+        embed.views,
+        opts,
+        TrainConfig::default(),
+        imsearch_compliance::LEXICON,
+        imsearch_compliance::PHRASES
+    );
     let digest = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     paths::resolve(&embed.workdir).join("checkpoints").join(format!("fusion-seed{}-{digest:016x}", opts.seed))
 }
@@ -288,4 +297,51 @@ pub(crate) fn checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
 /// Captions by query id, for callers that need texts.
 pub(crate) fn caption_texts(ds: &Dataset) -> BTreeMap<QueryId, String> {
     ds.train_captions().into_iter().map(|(q, t)| (q, t.to_owned())).collect()
+}
+
+/// The configuration of `opts` retrained on every training image (both sides of the split) for
+/// the number of epochs early stopping chose on validation; cached beside the split checkpoint.
+pub(crate) fn load_or_train_all(
+    p: &Prepared,
+    embed: &EmbedOpts,
+    opts: &TrainOpts,
+    retrain: bool,
+) -> Result<FusionModel> {
+    let split_dir = checkpoint_dir(embed, opts);
+    let dir = split_dir.with_file_name(format!(
+        "{}-all",
+        split_dir.file_name().and_then(|n| n.to_str()).expect("a checkpoint folder name")
+    ));
+    if !retrain {
+        if let Ok(model) = FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &candle::Device::Cpu) {
+            println!("reusing the all-images checkpoint in {}", dir.display());
+            return Ok(model);
+        }
+    }
+    let report_path = split_dir.join("train_report.json");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path).with_context(|| format!("failed to read {}", report_path.display()))?,
+    )
+    .with_context(|| format!("failed to parse {}", report_path.display()))?;
+    let epochs = report["best_epoch"].as_u64().context("train_report.json has no best_epoch")? as usize;
+    let mut all = p.train.clone();
+    all.pairs.extend(&p.validation.pairs);
+    all.positives.extend(&p.validation.positives);
+    all.positives.extend(p.validation.pairs.iter().filter(|x| x.2 >= CONFIRMED).map(|&(i, t, _)| (t, i)));
+    all.candidates.extend(&p.validation.candidates);
+    let tc = TrainConfig { max_epochs: epochs.max(1), ..train_config(opts) };
+    let start = Instant::now();
+    let bar = crate::progress::bar(tc.max_epochs as u64, "training on all", "epochs");
+    let (model, tensors, _) =
+        imsearch_fusion::train(p.fusion_config(opts)?, &tc, &p.images, &p.texts, &all, &PairSet::default(), |_| {
+            bar.inc(1)
+        })?;
+    bar.finish_and_clear();
+    println!(
+        "retrained on all {} training images for {epochs} epochs in {:.1} s",
+        p.images.dims2()?.0,
+        start.elapsed().as_secs_f64()
+    );
+    model.save(&tensors, &dir)?;
+    Ok(model)
 }

@@ -15,7 +15,7 @@ mod image;
 mod text;
 
 pub use image::{threshold_for_recall, ImagePolicy, ImagePolicyError, TrainOptions};
-pub use text::{TextPolicy, LEXICON};
+pub use text::{TextPolicy, LEXICON, PHRASES};
 
 use serde::{Deserialize, Serialize};
 

@@ -4,8 +4,10 @@
 //! - blocked: `teen`, `teenager`, `teenage` (13 to 19 includes 13 to 15: fail closed), `son`,
 //!   `daughter` (in photo captions they almost always name a child: "a man and his son"), `youth`
 //!   ("youth football": mostly under 16), `kiddie`, `tot`;
-//! - allowed: `young` ("a young man", "a young woman" are adults; "a young boy" is caught by
-//!   `boy`), `little` ("a little dog"), `student` (college students are adults), `pupil` (also
+//! - blocked as phrases: "young people", "young persons", "young ones", "little ones" (in
+//!   photo captions a group of young people is mostly children or teenagers);
+//! - allowed: `young` alone ("a young man", "a young woman" are adults; "a young boy" is caught
+//!   by `boy`), `little` ("a little dog"), `student` (college students are adults), `pupil` (also
 //!   part of an eye), `lad` (mostly adult in British usage);
 //! - words that merely contain a lexicon word are not hits: `skid`, `kidney`, `kidnap`,
 //!   `boyfriend`, `girlfriend` (adult relationships), `cowboy` (rodeo riders are adults),
@@ -67,6 +69,9 @@ pub const LEXICON: &[&str] = &[
     "youths",
 ];
 
+/// Two-word phrases that describe people under 16 although neither word does alone.
+pub const PHRASES: &[[&str; 2]] = &[["young", "people"], ["young", "persons"], ["young", "ones"], ["little", "ones"]];
+
 /// Matches texts against a lexicon on word boundaries, case-insensitively, ignoring possessive
 /// endings (`boy's`, `boys'`, `children's`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,9 +101,22 @@ impl TextPolicy {
         })
     }
 
+    /// The first of [`PHRASES`] in `text`, as two words joined by a space.
+    pub fn matched_phrase(&self, text: &str) -> Option<String> {
+        let words: Vec<String> = words(text).map(|w| strip_possessive(&w).to_owned()).collect();
+        words.windows(2).find_map(|pair| {
+            PHRASES.iter().find(|p| p[0] == pair[0] && p[1] == pair[1]).map(|p| format!("{} {}", p[0], p[1]))
+        })
+    }
+
+    /// Whether `text` names a person under 16, and by which word or phrase.
+    pub fn matched(&self, text: &str) -> Option<String> {
+        self.matched_word(text).map(str::to_owned).or_else(|| self.matched_phrase(text))
+    }
+
     pub fn decide(&self, text: &str) -> Decision {
-        match self.matched_word(text) {
-            Some(word) => Decision::Block(BlockReason::Text { word: word.to_owned() }),
+        match self.matched(text) {
+            Some(word) => Decision::Block(BlockReason::Text { word }),
             None => Decision::Allow,
         }
     }
@@ -162,6 +180,16 @@ mod tests {
         check("a mother holds her daughter", Some("daughter"));
         check("youth football game", Some("youth"));
         check("a kiddie pool", Some("kiddie"));
+    }
+
+    #[test]
+    fn phrases() {
+        let p = TextPolicy::default();
+        assert_eq!(p.matched("Four young people sit on a bench").as_deref(), Some("young people"));
+        assert_eq!(p.matched("the little ones play").as_deref(), Some("little ones"));
+        assert_eq!(p.matched("A young man and young woman").as_deref(), None);
+        assert_eq!(p.matched("people who are young").as_deref(), None);
+        assert!(p.decide("young persons at a fair").is_blocked());
     }
 
     #[test]

@@ -181,11 +181,19 @@ fn features(encoder: &dyn ImageEncoder, views: &[View], paths: &[&Path]) -> Resu
     Ok(f.to_vec2::<f32>()?)
 }
 
-/// MiniLM embeddings of every train caption and test query, keyed by query id.
+/// The text-cache key of ImageNet class `i` (not a query id: it has no `#`).
+pub(crate) fn imagenet_key(i: usize) -> String {
+    format!("imagenet-class:{i}")
+}
+
+/// MiniLM embeddings of every train caption and test query, keyed by query id, and of the
+/// ImageNet class names, keyed by [`imagenet_key`].
 pub(crate) fn embed_texts(ds: &Dataset, store: &ModelStore, dir: &Path) -> Result<EmbeddingCache> {
     let files = crate::models::ensure(store, TEXT_MODEL)?;
     let mut items: Vec<Item> = ds.train_captions().into_iter().map(|(q, t)| Item::text(q.to_string(), t)).collect();
     items.extend(ds.test_queries.iter().map(|q| Item::text(q.query.to_string(), q.text.clone())));
+    // The ImageNet class names, for the bridge from class probabilities into text space.
+    items.extend(imsearch_vision::imagenet_classes().iter().enumerate().map(|(i, c)| Item::text(imagenet_key(i), *c)));
     let path = dir.join(TEXT_MODEL).join("captions.safetensors");
     let mut cache = EmbeddingCache::load_or_new(&path, TEXT_MODEL, 384)?;
     let mut model = None;

@@ -291,8 +291,48 @@ impl Scorer for Neighbours {
     }
 }
 
+/// A training-free bridge: an image's ImageNet class probabilities (from each encoder's own
+/// classifier, averaged) carried into text space as the probability-weighted mean of the MiniLM
+/// embeddings of the class names; the score is its cosine with the query.
+struct Bridge {
+    /// Each encoder's classifier with the width of its slice of the concatenated features.
+    encoders: Vec<(Box<dyn imsearch_vision::ImageEncoder>, usize)>,
+    /// `(1000, 384)` MiniLM embeddings of the class names.
+    classes: Tensor,
+}
+
+impl Bridge {
+    /// `(m, sum of dims)` features -> `(m, 384)` unit rows in text space.
+    fn text_space(&self, images: &Tensor) -> Result<Tensor> {
+        let mut probs: Option<Tensor> = None;
+        let mut offset = 0;
+        for (encoder, dim) in &self.encoders {
+            let logits = encoder.logits(&images.narrow(1, offset, *dim)?.contiguous()?)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits)?;
+            probs = Some(match probs {
+                Some(acc) => (acc + p)?,
+                None => p,
+            });
+            offset += dim;
+        }
+        let v = probs.context("no encoder")?.matmul(&self.classes)?;
+        Ok(v.broadcast_div(&v.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?)
+    }
+}
+
+impl Scorer for Bridge {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let v = self.text_space(images)?;
+        Ok(((texts.matmul(&v.t()?)? + 1.0)? / 2.0)?.to_vec2()?)
+    }
+    fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
+        let v = self.text_space(images)?;
+        Ok((((texts * v)?.sum(1)? + 1.0)? / 2.0)?.to_vec1()?)
+    }
+}
+
 /// Scorers combined after z-scoring each one's scores per query, with weights chosen on the
-/// validation split; mapped into 0..1 by a sigmoid (ranks unchanged). Pair scores are the first
+/// validation split; mapped into 0..1 by `0.5 + atan(z / sum of weights) / pi` (ranks unchanged). Pair scores are the first
 /// scorer's (the calibrated fusion model).
 struct Ensemble {
     parts: Vec<(Rc<dyn Scorer>, f32)>,
@@ -302,9 +342,12 @@ impl Scorer for Ensemble {
     fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let mats = self.parts.iter().map(|(s, _)| s.matrix(images, texts)).collect::<Result<Vec<_>>>()?;
         let weights: Vec<f32> = self.parts.iter().map(|p| p.1).collect();
+        let total: f32 = weights.iter().sum();
+        // Into 0..1 by a map that keeps ranks and does not saturate in f32 (a sigmoid of a sum of
+        // z-scores rounds to 1.0 for the best images and turns them into ties).
         Ok(combine(&mats, &weights)
             .into_iter()
-            .map(|r| r.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect())
+            .map(|r| r.into_iter().map(|z| 0.5 + (z / total).atan() / std::f32::consts::PI).collect())
             .collect())
     }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
@@ -445,13 +488,31 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         texts: p.texts.clone(),
     });
 
-    // The ensemble's weight, chosen on validation MRR.
-    let (w, mrr) = choose_weight(&p, &[fusion.clone(), neighbours.clone()])?;
-    println!("ensemble: neighbours weight {w:.2} against fusion 1.00 (validation MRR {mrr:.3})");
+    // The bridge from ImageNet classes into text space.
+    let class_keys: Vec<String> = (0..1000).map(embed::imagenet_key).collect();
+    let classes = embed::rows(&emb.texts, &class_keys.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let store = args.models.store()?;
+    let mut encoders = Vec::new();
+    for kind in args.embed.kinds()? {
+        let files = crate::models::ensure(&store, kind.id())?;
+        let encoder = imsearch_vision::load(kind, &files.weights, &Device::Cpu)
+            .with_context(|| format!("failed to load {kind}"))?;
+        let dim = encoder.dim();
+        encoders.push((encoder, dim));
+    }
+    let bridge: Rc<dyn Scorer> = Rc::new(Bridge { encoders, classes });
+    entries.push(Entry::new("ImageNet-class bridge (training-free)".into(), bridge.clone(), p.texts.clone()));
+
+    // The ensemble's weights, chosen on validation MRR.
+    let (w, mrr) = choose_weights(&p, &[fusion.clone(), neighbours.clone(), bridge.clone()])?;
+    println!(
+        "ensemble: fusion 1.00, caption neighbours {:.2}, class bridge {:.2} (validation MRR {mrr:.3})",
+        w[1], w[2]
+    );
     entries.push(Entry {
-        name: "ensemble: fusion + caption neighbours".into(),
-        scorer: Rc::new(Ensemble { parts: vec![(fusion.clone(), 1.0), (neighbours, w)] }),
-        test_scorer: Rc::new(Ensemble { parts: vec![(fusion_all, 1.0), (neighbours_all, w)] }),
+        name: "ensemble: fusion + caption neighbours + class bridge".into(),
+        scorer: Rc::new(Ensemble { parts: vec![(fusion.clone(), 1.0), (neighbours, w[1]), (bridge.clone(), w[2])] }),
+        test_scorer: Rc::new(Ensemble { parts: vec![(fusion_all, 1.0), (neighbours_all, w[1]), (bridge, w[2])] }),
         texts: p.texts.clone(),
     });
 
@@ -530,16 +591,23 @@ fn validation_mrr(scores: &[Vec<f32>], p: &Prepared) -> f64 {
     RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr)
 }
 
-/// The weight of the second scorer against the first that maximises validation MRR.
-fn choose_weight(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(f32, f64)> {
+/// The weights of the other scorers against the first (weight 1) that maximise validation MRR,
+/// on a grid of 0 to 3 in steps of 0.25; the earlier grid point wins ties.
+fn choose_weights(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(Vec<f32>, f64)> {
     let mats = scorers.iter().map(|s| validation_matrix(s.as_ref(), p)).collect::<Result<Vec<_>>>()?;
-    let mut best = (0.0, f64::NEG_INFINITY);
-    for step in 0..=12 {
-        let w = step as f32 * 0.25;
-        let mrr = validation_mrr(&combine(&mats, &[1.0, w]), p);
+    let grid: Vec<f32> = (0..=12).map(|step| step as f32 * 0.25).collect();
+    let mut best = (vec![1.0; scorers.len()], f64::NEG_INFINITY);
+    let mut weights = vec![0usize; scorers.len() - 1];
+    loop {
+        let w: Vec<f32> = std::iter::once(1.0).chain(weights.iter().map(|&i| grid[i])).collect();
+        let mrr = validation_mrr(&combine(&mats, &w), p);
         if mrr > best.1 {
             best = (w, mrr);
         }
+        // The next grid point, like an odometer.
+        let Some(k) = weights.iter().position(|&i| i + 1 < grid.len()) else { break };
+        weights[k] += 1;
+        weights[..k].iter_mut().for_each(|i| *i = 0);
     }
     Ok(best)
 }

@@ -36,3 +36,19 @@ pub use error::{Error, Result};
 pub use mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 pub use pointwise::PointwiseConv2d;
 pub use preprocess::{PreprocessConfig, View};
+
+/// The 1000 ImageNet-1k class names, in the order of the networks' logits (torchvision's
+/// `_IMAGENET_CATEGORIES`, BSD-3-Clause).
+pub fn imagenet_classes() -> Vec<&'static str> {
+    include_str!("imagenet_classes.txt").lines().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn imagenet_classes_are_in_logit_order() {
+        let c = super::imagenet_classes();
+        assert_eq!(c.len(), 1000);
+        assert_eq!((c[0], c[1], c[999]), ("tench", "goldfish", "toilet tissue"));
+    }
+}

@@ -261,16 +261,11 @@ impl Neighbours {
     }
 }
 
-impl Scorer for Neighbours {
-    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+impl Neighbours {
+    /// For each image row, its `k` nearest gallery images and their softmax weights.
+    fn votes(&self, images: &Tensor) -> Result<Vec<Vec<(usize, f32)>>> {
         let sims = self.normalise(images)?.matmul(&self.gallery.t()?)?.to_vec2::<f32>()?;
-        // How well each query matches each gallery image's best caption.
-        let text_sims = texts.matmul(&self.texts.t()?)?.to_vec2::<f32>()?;
-        let matches: Vec<Vec<f32>> = text_sims
-            .iter()
-            .map(|row| self.captions.iter().map(|c| c.iter().map(|&t| row[t]).fold(f32::MIN, f32::max)).collect())
-            .collect();
-        let votes: Vec<Vec<(usize, f32)>> = sims
+        Ok(sims
             .iter()
             .map(|row| {
                 let hits = imsearch_index::top_k(row, self.k);
@@ -279,15 +274,32 @@ impl Scorer for Neighbours {
                 let total: f32 = w.iter().sum();
                 hits.iter().zip(w).map(|(h, w)| (h.row, w / total)).collect()
             })
-            .collect();
-        Ok(matches
-            .iter()
-            .map(|m| votes.iter().map(|v| (v.iter().map(|&(g, w)| w * m[g]).sum::<f32>() + 1.0) / 2.0).collect())
             .collect())
     }
+
+    /// For each text row, how well it matches each gallery image's best caption.
+    fn matches(&self, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let text_sims = texts.matmul(&self.texts.t()?)?.to_vec2::<f32>()?;
+        Ok(text_sims
+            .iter()
+            .map(|row| self.captions.iter().map(|c| c.iter().map(|&t| row[t]).fold(f32::MIN, f32::max)).collect())
+            .collect())
+    }
+}
+
+/// The vote of `votes` on `matches`, mapped from -1..1 into 0..1.
+fn vote(votes: &[(usize, f32)], matches: &[f32]) -> f32 {
+    (votes.iter().map(|&(g, w)| w * matches[g]).sum::<f32>() + 1.0) / 2.0
+}
+
+impl Scorer for Neighbours {
+    fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let votes = self.votes(images)?;
+        Ok(self.matches(texts)?.iter().map(|m| votes.iter().map(|v| vote(v, m)).collect()).collect())
+    }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
-        let n = images.dims2()?.0;
-        (0..n).map(|i| Ok(self.matrix(&images.narrow(0, i, 1)?, &texts.narrow(0, i, 1)?)?[0][0])).collect()
+        let votes = self.votes(images)?;
+        Ok(self.matches(texts)?.iter().zip(&votes).map(|(m, v)| vote(v, m)).collect())
     }
 }
 
@@ -576,25 +588,28 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     })
 }
 
-/// Validation ranks of every caption against every validation image under `scorer`.
-fn validation_matrix(scorer: &dyn Scorer, p: &Prepared) -> Result<Vec<Vec<f32>>> {
+/// Scores of every validation caption (rows of `texts`) against every validation image.
+fn validation_matrix(scorer: &dyn Scorer, texts: &Tensor, p: &Prepared) -> Result<Vec<Vec<f32>>> {
     let set = &p.validation;
     let candidates = p.images.index_select(&index(&set.candidates)?, 0)?;
-    let queries = p.texts.index_select(&index(&set.positives.iter().map(|x| x.0).collect::<Vec<_>>())?, 0)?;
+    let queries = texts.index_select(&index(&set.positives.iter().map(|x| x.0).collect::<Vec<_>>())?, 0)?;
     scorer.matrix(&candidates, &queries)
 }
 
-fn validation_mrr(scores: &[Vec<f32>], p: &Prepared) -> f64 {
+/// The rank of each validation caption's own image in its row of `scores`.
+fn validation_ranks(scores: &[Vec<f32>], p: &Prepared) -> Vec<usize> {
     let column: BTreeMap<usize, usize> = p.validation.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-    let ranks: Vec<usize> =
-        scores.iter().zip(&p.validation.positives).map(|(s, &(_, i))| imsearch_eval::rank_of(s, column[&i])).collect();
-    RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr)
+    scores.iter().zip(&p.validation.positives).map(|(s, &(_, i))| imsearch_eval::rank_of(s, column[&i])).collect()
+}
+
+fn validation_mrr(scores: &[Vec<f32>], p: &Prepared) -> f64 {
+    RetrievalMetrics::from_ranks(&validation_ranks(scores, p)).map_or(0.0, |r| r.mrr)
 }
 
 /// The weights of the other scorers against the first (weight 1) that maximise validation MRR,
 /// on a grid of 0 to 3 in steps of 0.25; the earlier grid point wins ties.
 fn choose_weights(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(Vec<f32>, f64)> {
-    let mats = scorers.iter().map(|s| validation_matrix(s.as_ref(), p)).collect::<Result<Vec<_>>>()?;
+    let mats = scorers.iter().map(|s| validation_matrix(s.as_ref(), &p.texts, p)).collect::<Result<Vec<_>>>()?;
     let grid: Vec<f32> = (0..=12).map(|step| step as f32 * 0.25).collect();
     let mut best = (vec![1.0; scorers.len()], f64::NEG_INFINITY);
     let mut weights = vec![0usize; scorers.len() - 1];
@@ -613,11 +628,9 @@ fn choose_weights(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(Vec<f32>,
 }
 
 fn validate(e: &Entry, p: &Prepared) -> Result<Validation> {
-    let device = Device::Cpu;
-    let idx = |v: Vec<u32>| Tensor::new(v.as_slice(), &device);
     let set = &p.validation;
-    let images = p.images.index_select(&idx(set.pairs.iter().map(|x| x.0 as u32).collect())?, 0)?;
-    let texts = e.texts.index_select(&idx(set.pairs.iter().map(|x| x.1 as u32).collect())?, 0)?;
+    let images = p.images.index_select(&index(&set.pairs.iter().map(|x| x.0).collect::<Vec<_>>())?, 0)?;
+    let texts = e.texts.index_select(&index(&set.pairs.iter().map(|x| x.1).collect::<Vec<_>>())?, 0)?;
     let pred: Vec<f64> = e.scorer.pairs(&images, &texts)?.into_iter().map(f64::from).collect();
     let label: Vec<f64> = set.pairs.iter().map(|x| f64::from(x.2)).collect();
     let positive: Vec<bool> = label.iter().map(|&l| l >= 0.5).collect();
@@ -629,13 +642,8 @@ fn validate(e: &Entry, p: &Prepared) -> Result<Validation> {
         }
     }
     // Retrieval: each validation caption against every validation image.
-    let candidates = p.images.index_select(&idx(set.candidates.iter().map(|&i| i as u32).collect())?, 0)?;
-    let column: BTreeMap<usize, usize> = set.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-    let queries = e.texts.index_select(&idx(set.positives.iter().map(|x| x.0 as u32).collect())?, 0)?;
-    let scores = e.scorer.matrix(&candidates, &queries)?;
-    let ranks: Vec<usize> =
-        scores.iter().zip(&set.positives).map(|(s, &(_, i))| imsearch_eval::rank_of(s, column[&i])).collect();
-    let r = RetrievalMetrics::from_ranks(&ranks).context("no validation captions")?;
+    let scores = validation_matrix(e.scorer.as_ref(), &e.texts, p)?;
+    let r = RetrievalMetrics::from_ranks(&validation_ranks(&scores, p)).context("no validation captions")?;
     Ok(Validation {
         mae: mae(&pred, &label),
         rmse: rmse(&pred, &label),

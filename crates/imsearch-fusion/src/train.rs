@@ -211,15 +211,8 @@ fn evaluate(model: &FusionModel, images: &Tensor, texts: &Tensor, set: &PairSet)
         let t: Vec<usize> = positives.iter().map(|p| p.0).collect();
         let txt = model.embed_texts(&texts.index_select(&index(&t, device)?, 0)?)?;
         let sims = txt.matmul(&img.t()?)?.to_vec2::<f32>()?;
-        let sum: f64 = positives
-            .iter()
-            .zip(&sims)
-            .map(|((_, i), row)| {
-                let s = row[pos[i]];
-                let rank = 1 + row.iter().enumerate().filter(|&(k, &v)| k != pos[i] && v >= s).count();
-                1.0 / rank as f64
-            })
-            .sum();
+        let sum: f64 =
+            positives.iter().zip(&sims).map(|((_, i), row)| 1.0 / imsearch_eval::rank_of(row, pos[i]) as f64).sum();
         mrr = sum / positives.len() as f64;
     }
     Ok((bce, mrr))

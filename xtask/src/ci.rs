@@ -28,6 +28,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("imsearch-vision", &["imsearch-models", "imsearch-text", "imsearch-data"]),
     ("imsearch-text", &["imsearch-models", "imsearch-vision", "imsearch-data"]),
     ("imsearch-fusion", &["imsearch-vision", "imsearch-text", "imsearch-models", "imsearch-data"]),
+    ("imsearch-web", &["candle", "imsearch-"]),
 ];
 
 /// Checks [`FORBIDDEN`] with `cargo tree`.
@@ -65,8 +66,27 @@ pub(crate) fn run(root: &Path, args: &Args) -> Result<()> {
         let store = args.models.store()?;
         super::models::run(&super::models::Args { models: args.models.clone(), only: Vec::new() })?;
         cargo(root, &["test", "--workspace", "--release"], Some(store.root()))?;
+        // The server with the real models under load, then in headless Chromium.
+        web_check(store.root())?;
     }
     println!("ci: all checks passed");
+    Ok(())
+}
+
+/// Runs `cargo xtask web-check` (this binary) with the models in `models`; it trains what is
+/// missing, so the first run takes a few minutes.
+fn web_check(models: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("failed to find the xtask binary")?;
+    println!("ci: cargo xtask web-check");
+    let status = Command::new(exe)
+        .arg("web-check")
+        .arg("--models")
+        .arg(models)
+        .status()
+        .context("failed to start cargo xtask web-check")?;
+    if !status.success() {
+        bail!("cargo xtask web-check failed ({status})");
+    }
     Ok(())
 }
 

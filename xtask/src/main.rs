@@ -14,7 +14,9 @@ mod models;
 mod paths;
 mod progress;
 mod search;
+mod serve;
 mod train;
+mod web_check;
 
 use std::process::ExitCode;
 
@@ -53,7 +55,11 @@ enum Command {
     Demo(demo::Args),
     /// Search a folder of photos (default: the test images) by a text query, ranked by the fusion score.
     Search(search::Args),
-    /// Run the checks CI runs: fixtures --check, format, clippy, tests.
+    /// Serve the search page and its JSON API on http://127.0.0.1:8080 (type a query, see the pictures).
+    Serve(serve::Args),
+    /// Check the search server: a bounded load test (p50/p99 latency), then headless Chromium types queries.
+    WebCheck(web_check::Args),
+    /// Run the checks CI runs: fixtures --check, format, clippy, tests, the web check.
     Ci(ci::Args),
 }
 
@@ -70,6 +76,8 @@ fn main() -> ExitCode {
         Command::Compliance(args) => compliance::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Search(args) => search::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::WebCheck(args) => web_check::run(args),
         Command::Ci(args) => ci::run(&root, args),
     };
     match result {

@@ -23,11 +23,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use candle::{Device, Tensor};
-use imsearch_compliance::{BlockReason, Decision, TextPolicy, DISCLAIMER};
+use imsearch_compliance::{Decision, TextPolicy, DISCLAIMER};
 use imsearch_data::Dataset;
 use imsearch_fusion::FusionModel;
 use imsearch_index::{EmbeddingCache, Item};
 use imsearch_models::ModelStore;
+use imsearch_text::MiniLm;
 use imsearch_vision::{EncoderKind, ImageEncoder};
 use serde::Serialize;
 
@@ -46,27 +47,34 @@ const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 pub(crate) struct Args {
     /// What to look for, e.g. "two dogs play in the snow".
     query: String,
-    /// The folder of photos to search (default: test_images/ of the dataset).
-    #[arg(long, value_name = "DIR")]
-    images: Option<PathBuf>,
     /// How many results to show.
     #[arg(short = 'k', long = "top", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     k: u32,
     /// Print one JSON object on stdout, for scripts (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    setup: Setup,
+}
+
+/// What a searcher searches with; flatten into any command that opens a [`Searcher`].
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Setup {
+    /// The folder of photos to search (default: test_images/ of the dataset).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) images: Option<PathBuf>,
     /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4);
     /// needed for the default folder and to train a missing model.
     #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
     #[command(flatten)]
-    models: ModelsArg,
+    pub(crate) models: ModelsArg,
     #[command(flatten)]
-    embed: EmbedOpts,
+    pub(crate) embed: EmbedOpts,
     #[command(flatten)]
-    train: TrainOpts,
+    pub(crate) train: TrainOpts,
     #[command(flatten)]
-    policy: PolicyOpts,
+    pub(crate) policy: PolicyOpts,
 }
 
 /// What `--json` prints.
@@ -88,26 +96,43 @@ struct Output {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct IndexSummary {
-    images_dir: PathBuf,
+pub(crate) struct IndexSummary {
+    pub(crate) images_dir: PathBuf,
     cache_dir: PathBuf,
     /// Images with an embedding from every encoder: the ones searched.
-    indexed: usize,
+    pub(crate) indexed: usize,
     /// Images encoded now, reused from the cache, dropped (deleted files); the most any encoder
     /// did (the fewest, for `reused`).
     encoded: usize,
     reused: usize,
     removed: usize,
     /// Files that could not be read or decoded, with the reason.
-    skipped: Vec<Skipped>,
+    pub(crate) skipped: Vec<Skipped>,
     /// Files that are not images by extension.
     ignored_files: usize,
 }
 
+impl std::fmt::Display for IndexSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} images in {} ({} encoded, {} reused, {} removed; {} skipped, {} other files ignored); cache {}",
+            self.indexed,
+            self.images_dir.display(),
+            self.encoded,
+            self.reused,
+            self.removed,
+            self.skipped.len(),
+            self.ignored_files,
+            self.cache_dir.display()
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
-struct Skipped {
-    file: String,
-    reason: String,
+pub(crate) struct Skipped {
+    pub(crate) file: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +144,145 @@ struct Hit {
     blocked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     disclaimer: Option<&'static str>,
+}
+
+/// One ranked image of a [`Searcher`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Ranked {
+    /// The image's row in the index ([`Searcher::path`]).
+    pub(crate) row: usize,
+    pub(crate) score: f32,
+    /// The image policy blocks it (or could not score it: fail closed).
+    pub(crate) blocked: bool,
+}
+
+/// A folder's index, the fusion model with its image side applied once, the text encoder and the
+/// image policy's decision for every image: everything a query needs, loaded once.
+pub(crate) struct Searcher {
+    index: FolderIndex,
+    fusion: FusionModel,
+    text_model: MiniLm,
+    /// The images in the fusion model's shared space, row-major.
+    shared_images: Vec<f32>,
+    shared_dim: usize,
+    calibration: (f32, f32),
+    /// Per index row: the image policy blocks it.
+    blocked: Vec<bool>,
+    /// Where the image policy came from; `None` when none was usable (every image blocked).
+    policy_path: Option<PathBuf>,
+}
+
+impl Searcher {
+    /// Indexes the folder (incrementally) and loads the models. With `may_train`, a missing
+    /// fusion model or image policy is trained from the dataset; without, it is an error.
+    pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
+        let store = setup.models.store()?;
+        let data = || paths::data_dir(setup.data.as_deref());
+        let folder = match &setup.images {
+            Some(dir) => dir.clone(),
+            None => data()?.join("test_images"),
+        };
+        let kinds = setup.embed.kinds()?;
+        let layout = kinds.iter().map(|&k| setup.embed.image_model_id(k)).collect::<Vec<_>>().join("+");
+        let index = index_folder(&folder, &setup.embed, &kinds, &store)?;
+        if index.keys.is_empty() {
+            let summary = &index.summary;
+            bail!(
+                "no image in {} could be indexed ({} image files skipped, {} other files ignored; looked for {})",
+                summary.images_dir.display(),
+                summary.skipped.len(),
+                summary.ignored_files,
+                IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
+            );
+        }
+
+        // The fusion model, and the image policy; training either needs the dataset.
+        let mut prepared_data: Option<(Dataset, embed::Embeddings)> = None;
+        let load_data = || -> Result<(Dataset, embed::Embeddings)> {
+            let data = data()?;
+            let ds = Dataset::load(&data, Default::default())
+                .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
+            let emb = embed::embed_all(&ds, &store, &setup.embed)?;
+            Ok((ds, emb))
+        };
+        let checkpoint = train::checkpoint_dir(&setup.embed, &setup.train);
+        let fusion = match FusionModel::load(&checkpoint, &layout, embed::TEXT_MODEL, &Device::Cpu) {
+            Ok(model) => model,
+            Err(e) if !may_train => {
+                return Err(anyhow::Error::new(e)).with_context(|| {
+                    format!(
+                        "no usable fusion model in {}; run `cargo xtask train` (or this search without --json) once",
+                        checkpoint.display()
+                    )
+                })
+            }
+            Err(e) => {
+                eprintln!("no usable fusion model in {} ({e}); training it", checkpoint.display());
+                let (ds, emb) = prepared_data.insert(load_data()?);
+                let prepared = Prepared::new(ds, emb, &setup.train)?;
+                prepared.print_counts();
+                train::train_and_save(&prepared, &setup.embed, &setup.train)?.0
+            }
+        };
+        let policy = image_policy(setup, may_train, &layout, index.dim, &mut prepared_data, &load_data);
+        let blocked: Vec<bool> = (0..index.keys.len())
+            .map(|row| match &policy {
+                Ok((ckpt, _)) => ckpt.policy.decide(Some(index.row(row))).is_blocked(),
+                Err(_) => true,
+            })
+            .collect();
+        let policy_path = match policy {
+            Ok((_, path)) => Some(path),
+            Err(e) => {
+                eprintln!("warning: no usable image policy ({e:#}); every result is blocked (fail closed)");
+                None
+            }
+        };
+
+        let minilm = crate::models::ensure(&store, embed::TEXT_MODEL)?;
+        let text_model = MiniLm::load(&minilm.dir, &Device::Cpu).context("failed to load MiniLM")?;
+        let images = Tensor::from_slice(&index.features, (index.keys.len(), index.dim), &Device::Cpu)?;
+        let images = fusion.embed_images(&images)?;
+        let shared_dim = images.dims2()?.1;
+        let shared_images = images.flatten_all()?.to_vec1::<f32>()?;
+        let calibration = fusion.calibration()?;
+        Ok(Searcher { index, fusion, text_model, shared_images, shared_dim, calibration, blocked, policy_path })
+    }
+
+    /// The `k` best images for `query` (not checked against the text policy: see
+    /// [`TextPolicy::decide`]), best first, with the image policy's decision.
+    pub(crate) fn rank(&self, query: &str, k: usize) -> Result<Vec<Ranked>> {
+        let q = self.text_model.encode(&[query]).context("failed to encode the query")?;
+        let q = Tensor::from_vec(q.as_slice().to_vec(), (1, q.dim()), &Device::Cpu)?;
+        let q = self.fusion.embed_texts(&q)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut cosines = Vec::new();
+        imsearch_index::dot_scores(&self.shared_images, self.shared_dim, &q, &mut cosines);
+        let (a, b) = self.calibration;
+        let scores: Vec<f32> = cosines.iter().map(|c| 1.0 / (1.0 + (-(a * c + b)).exp())).collect();
+        Ok(imsearch_index::top_k(&scores, k)
+            .iter()
+            .map(|hit| Ranked { row: hit.row, score: hit.score, blocked: self.blocked[hit.row] })
+            .collect())
+    }
+
+    /// Images searched.
+    pub(crate) fn len(&self) -> usize {
+        self.index.keys.len()
+    }
+
+    /// The file of index row `row`, whatever the policy says of it.
+    pub(crate) fn path(&self, row: usize) -> Option<PathBuf> {
+        self.index.keys.get(row).map(|key| self.index.summary.images_dir.join(key))
+    }
+
+    /// The image policy blocks index row `row` (`None`: no such row).
+    pub(crate) fn is_blocked(&self, row: usize) -> Option<bool> {
+        self.blocked.get(row).copied()
+    }
+
+    pub(crate) fn summary(&self) -> &IndexSummary {
+        &self.index.summary
+    }
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -144,103 +308,25 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
 
-    let store = args.models.store()?;
-    let data = || paths::data_dir(args.data.as_deref());
-    let folder = match &args.images {
-        Some(dir) => dir.clone(),
-        None => data()?.join("test_images"),
-    };
-    let kinds = args.embed.kinds()?;
-    let layout = kinds.iter().map(|&k| args.embed.image_model_id(k)).collect::<Vec<_>>().join("+");
-    let index = index_folder(&folder, &args.embed, &kinds, &store)?;
-    let summary = index.summary.clone();
+    let searcher = Searcher::open(&args.setup, !args.json)?;
+    let summary = searcher.summary().clone();
     if !args.json {
         for s in &summary.skipped {
             println!("skipped {}: {}", s.file, s.reason);
         }
     }
-    if index.keys.is_empty() {
-        bail!(
-            "no image in {} could be indexed ({} image files skipped, {} other files ignored; looked for {})",
-            summary.images_dir.display(),
-            summary.skipped.len(),
-            summary.ignored_files,
-            IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
-        );
-    }
-
-    // The fusion model, and the image policy; training either needs the dataset.
-    let mut prepared_data: Option<(Dataset, embed::Embeddings)> = None;
-    let load_data = || -> Result<(Dataset, embed::Embeddings)> {
-        let data = data()?;
-        let ds = Dataset::load(&data, Default::default())
-            .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
-        let emb = embed::embed_all(&ds, &store, &args.embed)?;
-        Ok((ds, emb))
-    };
-    let checkpoint = train::checkpoint_dir(&args.embed, &args.train);
-    let fusion = match FusionModel::load(&checkpoint, &layout, embed::TEXT_MODEL, &Device::Cpu) {
-        Ok(model) => model,
-        Err(e) if args.json => {
-            return Err(anyhow::Error::new(e)).with_context(|| {
-                format!(
-                    "no usable fusion model in {}; run `cargo xtask train` (or this search without --json) once",
-                    checkpoint.display()
-                )
-            })
-        }
-        Err(e) => {
-            println!("no usable fusion model in {} ({e}); training it", checkpoint.display());
-            let (ds, emb) = prepared_data.insert(load_data()?);
-            let prepared = Prepared::new(ds, emb, &args.train)?;
-            prepared.print_counts();
-            train::train_and_save(&prepared, &args.embed, &args.train)?.0
-        }
-    };
-    let policy = image_policy(args, &layout, index.dim, &mut prepared_data, &load_data);
-    let policy_path = match &policy {
-        Ok((_, path)) => Some(path.clone()),
-        Err(e) => {
-            eprintln!("warning: no usable image policy ({e:#}); every result is blocked (fail closed)");
-            None
-        }
-    };
-
-    // Rank: the query and every image in the shared space, cosines, then the calibration.
     let start = Instant::now();
-    let minilm = crate::models::ensure(&store, embed::TEXT_MODEL)?;
-    let text_model = imsearch_text::MiniLm::load(&minilm.dir, &Device::Cpu).context("failed to load MiniLM")?;
-    let q = text_model.encode(&[query]).context("failed to encode the query")?;
-    let q = Tensor::from_vec(q.as_slice().to_vec(), (1, q.dim()), &Device::Cpu)?;
-    let q = fusion.embed_texts(&q)?.flatten_all()?.to_vec1::<f32>()?;
-    let images = Tensor::from_slice(&index.features, (index.keys.len(), index.dim), &Device::Cpu)?;
-    let images = fusion.embed_images(&images)?;
-    let shared = images.dims2()?.1;
-    let images = images.flatten_all()?.to_vec1::<f32>()?;
-    let mut cosines = Vec::new();
-    imsearch_index::dot_scores(&images, shared, &q, &mut cosines);
-    let (a, b) = fusion.calibration()?;
-    let scores: Vec<f32> = cosines.iter().map(|c| 1.0 / (1.0 + (-(a * c + b)).exp())).collect();
-    let hits = imsearch_index::top_k(&scores, args.k as usize);
+    let ranked = searcher.rank(query, args.k as usize)?;
     let elapsed = start.elapsed();
-
-    let results: Vec<Hit> = hits
+    let results: Vec<Hit> = ranked
         .iter()
         .enumerate()
-        .map(|(i, hit)| {
-            let key = &index.keys[hit.row];
-            let decision = match &policy {
-                Ok((ckpt, _)) => ckpt.policy.decide(Some(index.row(hit.row))),
-                Err(_) => Decision::Block(BlockReason::Unscored { why: "no image policy".into() }),
-            };
-            let blocked = decision.is_blocked();
-            Hit {
-                rank: i + 1,
-                score: hit.score,
-                path: (!blocked).then(|| summary.images_dir.join(key)),
-                blocked,
-                disclaimer: blocked.then_some(DISCLAIMER),
-            }
+        .map(|(i, r)| Hit {
+            rank: i + 1,
+            score: r.score,
+            path: if r.blocked { None } else { searcher.path(r.row) },
+            blocked: r.blocked,
+            disclaimer: r.blocked.then_some(DISCLAIMER),
         })
         .collect();
 
@@ -251,23 +337,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             reason: None,
             message: None,
             index: Some(summary),
-            image_policy: Some(policy_path),
+            image_policy: Some(searcher.policy_path.clone()),
             results,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
-        "index: {} images in {} ({} encoded, {} reused, {} removed; {} skipped, {} other files ignored); cache {}",
-        summary.indexed,
-        summary.images_dir.display(),
-        summary.encoded,
-        summary.reused,
-        summary.removed,
-        summary.skipped.len(),
-        summary.ignored_files,
-        summary.cache_dir.display()
-    );
+    println!("index: {summary}");
     println!("query: {query:?}, ranked by the fusion score in {:.0} ms\n", elapsed.as_secs_f64() * 1e3);
     println!("{:>4}  {:>6}  image", "rank", "score");
     for hit in &results {
@@ -281,22 +357,23 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 }
 
 /// The image policy checkpoint for these options, read from where `cargo xtask compliance`
-/// saves it when it reads this feature layout; otherwise fitted (not with `--json`).
+/// saves it when it reads this feature layout; otherwise fitted (with `may_train`).
 fn image_policy(
-    args: &Args,
+    setup: &Setup,
+    may_train: bool,
     layout: &str,
     dim: usize,
     data: &mut Option<(Dataset, embed::Embeddings)>,
     load_data: &dyn Fn() -> Result<(Dataset, embed::Embeddings)>,
 ) -> Result<(PolicyCheckpoint, PathBuf)> {
-    let path = compliance::policy_path(&args.embed, args.train.seed);
-    let saved = if args.policy.retrain_policy { Ok(None) } else { read_policy(&path, layout, dim) };
+    let path = compliance::policy_path(&setup.embed, setup.train.seed);
+    let saved = if setup.policy.retrain_policy { Ok(None) } else { read_policy(&path, layout, dim) };
     match saved {
         Ok(Some(ckpt)) => return Ok((ckpt, path)),
-        Ok(None) if args.json => bail!("no image policy at {}; run `cargo xtask compliance` once", path.display()),
-        Err(e) if args.json => return Err(e),
-        Ok(None) => println!("no image policy at {}; fitting it", path.display()),
-        Err(e) => println!("{e:#}; fitting the image policy again"),
+        Ok(None) if !may_train => bail!("no image policy at {}; run `cargo xtask compliance` once", path.display()),
+        Err(e) if !may_train => return Err(e),
+        Ok(None) => eprintln!("no image policy at {}; fitting it", path.display()),
+        Err(e) => eprintln!("{e:#}; fitting the image policy again"),
     }
     let (ds, emb) = match data {
         Some(d) => d,
@@ -305,10 +382,10 @@ fn image_policy(
     let (ckpt, path, _) = compliance::load_or_train_image_policy(
         ds,
         emb,
-        &args.embed,
-        args.train.seed,
-        args.train.train_fraction,
-        &args.policy,
+        &setup.embed,
+        setup.train.seed,
+        setup.train.train_fraction,
+        &setup.policy,
     )?;
     if ckpt.image_encoder != layout || ckpt.policy.dim != dim {
         bail!(

@@ -167,9 +167,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     steps.done("metrics", format!("{how} {}", metrics_path.display()), t);
 
     let t = Instant::now();
+    let policy_emb = args.policy.restrict(&emb, &args.embed)?;
     let policy = compliance::load_or_train_image_policy(
         &ds,
-        &emb,
+        &policy_emb,
         &args.embed,
         args.train.seed,
         args.train.train_fraction,
@@ -187,7 +188,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         }
     };
     let image_decision = |key: &str| match &policy {
-        Some(ckpt) => compliance::image_decision(ckpt, &emb, Collection::Test, key),
+        Some(ckpt) => compliance::image_decision(ckpt, &policy_emb, Collection::Test, key),
         None => Decision::Block(BlockReason::Unscored { why: "no image policy".into() }),
     };
 

@@ -20,8 +20,9 @@ pub(crate) const TEXT_MODEL: &str = imsearch_models::MINILM_L6_V2;
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct EmbedOpts {
-    /// Image encoders to run (mobilenet-v2, efficientnet-lite0, efficientnet-lite2).
-    #[arg(long, value_delimiter = ',', default_value = "mobilenet-v2,efficientnet-lite0")]
+    /// Image encoders to run (mobilenet-v2, efficientnet-lite0, efficientnet-lite2); their
+    /// features are concatenated. The default, all three, is the best on the validation split.
+    #[arg(long, value_delimiter = ',', default_value = "mobilenet-v2,efficientnet-lite0,efficientnet-lite2")]
     pub(crate) image_encoders: Vec<String>,
     /// Views of each image whose features are averaged (center, center-flipped, squashed,
     /// squashed-flipped).
@@ -186,14 +187,32 @@ pub(crate) fn imagenet_key(i: usize) -> String {
     format!("imagenet-class:{i}")
 }
 
+/// The text-cache key of ImageNet class `i` in a caption-like sentence ([`imagenet_prompt`]).
+pub(crate) fn imagenet_prompt_key(i: usize) -> String {
+    format!("imagenet-prompt:{i}")
+}
+
+/// Class `name` as a sentence like the captions ("a photo of a tench"), for the bridge.
+pub(crate) fn imagenet_prompt(name: &str) -> String {
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']) { "an" } else { "a" };
+    format!("a photo of {article} {name}")
+}
+
 /// MiniLM embeddings of every train caption and test query, keyed by query id, and of the
-/// ImageNet class names, keyed by [`imagenet_key`].
+/// ImageNet class names, keyed by [`imagenet_key`] (the bare name) and [`imagenet_prompt_key`]
+/// (the name in a sentence).
 pub(crate) fn embed_texts(ds: &Dataset, store: &ModelStore, dir: &Path) -> Result<EmbeddingCache> {
     let files = crate::models::ensure(store, TEXT_MODEL)?;
     let mut items: Vec<Item> = ds.train_captions().into_iter().map(|(q, t)| Item::text(q.to_string(), t)).collect();
     items.extend(ds.test_queries.iter().map(|q| Item::text(q.query.to_string(), q.text.clone())));
     // The ImageNet class names, for the bridge from class probabilities into text space.
     items.extend(imsearch_vision::imagenet_classes().iter().enumerate().map(|(i, c)| Item::text(imagenet_key(i), *c)));
+    items.extend(
+        imsearch_vision::imagenet_classes()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Item::text(imagenet_prompt_key(i), imagenet_prompt(c))),
+    );
     let path = dir.join(TEXT_MODEL).join("captions.safetensors");
     let mut cache = EmbeddingCache::load_or_new(&path, TEXT_MODEL, 384)?;
     let mut model = None;

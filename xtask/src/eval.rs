@@ -304,13 +304,16 @@ impl Scorer for Neighbours {
 }
 
 /// A training-free bridge: an image's ImageNet class probabilities (from each encoder's own
-/// classifier, averaged) carried into text space as the probability-weighted mean of the MiniLM
-/// embeddings of the class names; the score is its cosine with the query.
+/// classifier at a softmax temperature, averaged) carried into text space as the
+/// probability-weighted mean of the MiniLM embeddings of the class names; the score is its
+/// cosine with the query.
 struct Bridge {
     /// Each encoder's classifier with the width of its slice of the concatenated features.
-    encoders: Vec<(Box<dyn imsearch_vision::ImageEncoder>, usize)>,
-    /// `(1000, 384)` MiniLM embeddings of the class names.
+    encoders: Rc<Vec<(Box<dyn imsearch_vision::ImageEncoder>, usize)>>,
+    /// `(1000, 384)` MiniLM embeddings of the class names (bare, or in a sentence).
     classes: Tensor,
+    /// Softmax temperature on the logits: above 1 spreads the probability over more classes.
+    temperature: f64,
 }
 
 impl Bridge {
@@ -318,9 +321,9 @@ impl Bridge {
     fn text_space(&self, images: &Tensor) -> Result<Tensor> {
         let mut probs: Option<Tensor> = None;
         let mut offset = 0;
-        for (encoder, dim) in &self.encoders {
+        for (encoder, dim) in self.encoders.iter() {
             let logits = encoder.logits(&images.narrow(1, offset, *dim)?.contiguous()?)?;
-            let p = candle_nn::ops::softmax_last_dim(&logits)?;
+            let p = candle_nn::ops::softmax_last_dim(&(logits / self.temperature)?)?;
             probs = Some(match probs {
                 Some(acc) => (acc + p)?,
                 None => p,
@@ -352,8 +355,10 @@ struct Ensemble {
 
 impl Scorer for Ensemble {
     fn matrix(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let mats = self.parts.iter().map(|(s, _)| s.matrix(images, texts)).collect::<Result<Vec<_>>>()?;
-        let weights: Vec<f32> = self.parts.iter().map(|p| p.1).collect();
+        // A part with weight 0 changes nothing: it is not computed.
+        let parts: Vec<&(Rc<dyn Scorer>, f32)> = self.parts.iter().filter(|p| p.1 != 0.0).collect();
+        let mats = parts.iter().map(|(s, _)| s.matrix(images, texts)).collect::<Result<Vec<_>>>()?;
+        let weights: Vec<f32> = parts.iter().map(|p| p.1).collect();
         let total: f32 = weights.iter().sum();
         // Into 0..1 by a map that keeps ranks and does not saturate in f32 (a sigmoid of a sum of
         // z-scores rounds to 1.0 for the best images and turns them into ties).
@@ -387,6 +392,12 @@ fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
         })
         .collect()
 }
+
+/// The text-cache key of an ImageNet class's text.
+type ClassKey = fn(usize) -> String;
+
+/// The bridge's softmax temperatures tried on validation.
+const BRIDGE_TEMPERATURES: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
 
 fn index(rows: &[usize]) -> candle::Result<Tensor> {
     Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), &Device::Cpu)
@@ -500,9 +511,8 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         texts: p.texts.clone(),
     });
 
-    // The bridge from ImageNet classes into text space.
-    let class_keys: Vec<String> = (0..1000).map(embed::imagenet_key).collect();
-    let classes = embed::rows(&emb.texts, &class_keys.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The bridge from ImageNet classes into text space; its class texts (bare names or
+    // "a photo of a ..." sentences) and its softmax temperature chosen on validation MRR.
     let store = args.models.store()?;
     let mut encoders = Vec::new();
     for kind in args.embed.kinds()? {
@@ -512,7 +522,25 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         let dim = encoder.dim();
         encoders.push((encoder, dim));
     }
-    let bridge: Rc<dyn Scorer> = Rc::new(Bridge { encoders, classes });
+    let encoders = Rc::new(encoders);
+    let class_texts: [(&str, ClassKey); 2] =
+        [("names", embed::imagenet_key), ("sentences", embed::imagenet_prompt_key)];
+    let mut bridge: Option<(Bridge, f64, &str)> = None;
+    for (texts_name, key) in class_texts {
+        let class_keys: Vec<String> = (0..1000).map(key).collect();
+        let classes = embed::rows(&emb.texts, &class_keys.iter().map(String::as_str).collect::<Vec<_>>())?;
+        for temperature in BRIDGE_TEMPERATURES {
+            let candidate = Bridge { encoders: encoders.clone(), classes: classes.clone(), temperature };
+            let mrr = validation_mrr(&validation_matrix(&candidate, &p.texts, &p)?, &p);
+            println!("class bridge with class {texts_name}, temperature {temperature}: validation MRR {mrr:.3}");
+            if bridge.as_ref().is_none_or(|b| mrr > b.1) {
+                bridge = Some((candidate, mrr, texts_name));
+            }
+        }
+    }
+    let (bridge, _, texts_name) = bridge.context("no bridge configuration")?;
+    println!("class bridge: class {texts_name}, temperature {} (chosen on validation)", bridge.temperature);
+    let bridge: Rc<dyn Scorer> = Rc::new(bridge);
     entries.push(Entry::new("ImageNet-class bridge (training-free)".into(), bridge.clone(), p.texts.clone()));
 
     // The ensemble's weights, chosen on validation MRR.

@@ -224,10 +224,14 @@ impl Searcher {
                 train::train_and_save(&prepared, &setup.embed, &setup.train)?.0
             }
         };
-        let policy = image_policy(setup, may_train, &layout, index.dim, &mut prepared_data, &load_data);
+        // The image policy reads its own encoders' slices of each row.
+        let policy_ids = setup.policy.model_ids(&setup.embed)?;
+        let policy_layout = policy_ids.join("+");
+        let policy_dim: usize = index.parts.iter().filter(|p| policy_ids.contains(&p.0)).map(|p| p.2).sum();
+        let policy = image_policy(setup, may_train, &policy_layout, policy_dim, &mut prepared_data, &load_data);
         let blocked: Vec<bool> = (0..index.keys.len())
             .map(|row| match &policy {
-                Ok((ckpt, _)) => ckpt.policy.decide(Some(index.row(row))).is_blocked(),
+                Ok((ckpt, _)) => ckpt.policy.decide(Some(&index.slices(row, &policy_ids))).is_blocked(),
                 Err(_) => true,
             })
             .collect();
@@ -379,9 +383,10 @@ fn image_policy(
         Some(d) => d,
         None => data.insert(load_data()?),
     };
+    let emb = setup.policy.restrict(emb, &setup.embed)?;
     let (ckpt, path, _) = compliance::load_or_train_image_policy(
         ds,
-        emb,
+        &emb,
         &setup.embed,
         setup.train.seed,
         setup.train.train_fraction,
@@ -420,12 +425,21 @@ struct FolderIndex {
     /// Row-major `(keys.len(), dim)`.
     features: Vec<f32>,
     dim: usize,
+    /// Each encoder's part of a row: (model id, offset, width), in order.
+    parts: Vec<(String, usize, usize)>,
     summary: IndexSummary,
 }
 
 impl FolderIndex {
-    fn row(&self, i: usize) -> &[f32] {
-        &self.features[i * self.dim..(i + 1) * self.dim]
+    /// Row `i`'s features of the encoders `ids` side by side, in the index's order.
+    fn slices(&self, i: usize, ids: &[String]) -> Vec<f32> {
+        let row = &self.features[i * self.dim..(i + 1) * self.dim];
+        self.parts
+            .iter()
+            .filter(|p| ids.contains(&p.0))
+            .flat_map(|&(_, at, width)| &row[at..at + width])
+            .copied()
+            .collect()
     }
 }
 
@@ -506,6 +520,12 @@ fn index_folder(folder: &Path, opts: &EmbedOpts, kinds: &[EncoderKind], store: &
     let rows: Vec<HashMap<&str, usize>> =
         caches.iter().map(|c| c.keys().iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect()).collect();
     let dim: usize = caches.iter().map(EmbeddingCache::dim).sum();
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    for cache in &caches {
+        parts.push((cache.model().to_owned(), offset, cache.dim()));
+        offset += cache.dim();
+    }
     let mut keys = Vec::new();
     let mut features = Vec::new();
     for (key, _) in &files {
@@ -527,7 +547,7 @@ fn index_folder(folder: &Path, opts: &EmbedOpts, kinds: &[EncoderKind], store: &
         skipped: skipped.into_iter().map(|(file, reason)| Skipped { file, reason }).collect(),
         ignored_files: ignored,
     };
-    Ok(FolderIndex { keys, features, dim, summary })
+    Ok(FolderIndex { keys, features, dim, parts, summary })
 }
 
 /// The image files under `root` as (path relative to `root` with `/` separators, path), sorted,

@@ -52,9 +52,10 @@ pub(crate) struct Args {
     /// Requests in flight at once (one client thread each).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
     concurrency: u32,
-    /// The query the browser types (it must rank both shown and blocked images in its top 10).
-    #[arg(long, default_value = "a dog runs through the grass")]
-    query: String,
+    /// The query the browser types; it must rank both shown and blocked images in its top 10.
+    /// Default: the first test query (in file order) that does.
+    #[arg(long)]
+    query: Option<String>,
     /// A query naming a child, which must get the disclaimer and no images.
     #[arg(long, default_value = "a little girl plays on a swing")]
     blocked_query: String,
@@ -107,7 +108,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             println!("web-check: browser test skipped (--no-browser)");
             return Ok(());
         }
-        browser_test(addr, backend.as_ref(), args, &out)
+        let query = match &args.query {
+            Some(q) => q.clone(),
+            None => mixed_query(addr, &queries)?,
+        };
+        browser_test(addr, backend.as_ref(), &query, args, &out)
     })();
     let _ = stop.send(());
     runtime.block_on(server).context("the server task failed")?.context("the server failed")?;
@@ -476,16 +481,27 @@ const RESULTS_JS: &str = r#"(() => {
   };
 })()"#;
 
-fn browser_test(addr: SocketAddr, backend: &dyn Backend, args: &Args, out: &Path) -> Result<()> {
+/// The first of `queries` whose top 10 holds both shown and blocked images.
+fn mixed_query(addr: SocketAddr, queries: &[String]) -> Result<String> {
+    for q in queries {
+        let r = api_search(addr, q, 10)?;
+        if !r.blocked && r.results.iter().any(|h| h.blocked) && r.results.iter().any(|h| !h.blocked) {
+            return Ok(q.clone());
+        }
+    }
+    bail!("no test query ranks both shown and blocked images in its top 10; pass --query")
+}
+
+fn browser_test(addr: SocketAddr, backend: &dyn Backend, query: &str, args: &Args, out: &Path) -> Result<()> {
     // What the page must show: the API's answer for the same queries.
-    let expected = api_search(addr, &args.query, 10)?;
+    let expected = api_search(addr, query, 10)?;
     let shown = expected.results.iter().filter(|h| !h.blocked).count();
     let hidden = expected.results.len() - shown;
     ensure!(
         !expected.blocked && shown > 0 && hidden > 0,
         "the browser test's query {:?} must rank both shown and blocked images in its top 10 (got {shown} shown, \
          {hidden} blocked{}); pass another --query",
-        args.query,
+        query,
         if expected.blocked { ", and the query itself is blocked" } else { "" }
     );
     let refused = api_search(addr, &args.blocked_query, 10)?;
@@ -493,7 +509,7 @@ fn browser_test(addr: SocketAddr, backend: &dyn Backend, args: &Args, out: &Path
     println!(
         "web-check: browser test over {} images: {:?} (API: {shown} shown, {hidden} blocked), then {:?} (blocked)",
         backend.indexed(),
-        args.query,
+        query,
         args.blocked_query
     );
 
@@ -512,7 +528,7 @@ fn browser_test(addr: SocketAddr, backend: &dyn Backend, args: &Args, out: &Path
         Duration::from_secs(20),
     )?;
 
-    cdp.type_query(&args.query)?;
+    cdp.type_query(query)?;
     let page = cdp.wait_for("the results to render", RESULTS_JS, Duration::from_secs(30))?;
     cdp.screenshot(&out.join("results.png"))?;
     let count = |key: &str| page[key].as_u64().unwrap_or(u64::MAX) as usize;

@@ -138,8 +138,17 @@ pub fn train(
                 pairs.chunks(tc.batch_size.max(1)).nth(step % pairs.len().div_ceil(tc.batch_size.max(1)).max(1));
             if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
                 let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(chunk);
-                let img = model.embed_images(&images.index_select(&index(&i, &device)?, 0)?)?;
-                let txt = model.embed_texts(&texts.index_select(&index(&t, &device)?, 0)?)?;
+                // Each distinct image and text of the batch goes through its projection once
+                // (a batch of 512 pairs holds about 380 distinct images), then the rows are
+                // gathered per pair; the gradient flows back through the gather.
+                let (ui, at_i) = distinct(&i);
+                let (ut, at_t) = distinct(&t);
+                let img = model
+                    .embed_images(&images.index_select(&index(&ui, &device)?, 0)?)?
+                    .index_select(&index(&at_i, &device)?, 0)?;
+                let txt = model
+                    .embed_texts(&texts.index_select(&index(&ut, &device)?, 0)?)?
+                    .index_select(&index(&at_t, &device)?, 0)?;
                 let z = model.pair_logits(&img, &txt)?;
                 let y = Tensor::from_vec(y, chunk.len(), &device)?;
                 loss = (loss + bce_with_logits(&z, &y)?)?;
@@ -297,6 +306,22 @@ fn unique(it: impl Iterator<Item = usize>) -> Vec<usize> {
     v
 }
 
+/// The distinct values of `rows` in order of first appearance, and where each row sits in them.
+fn distinct(rows: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut seen: HashMap<usize, usize> = HashMap::with_capacity(rows.len());
+    let mut values = Vec::new();
+    let at = rows
+        .iter()
+        .map(|&r| {
+            *seen.entry(r).or_insert_with(|| {
+                values.push(r);
+                values.len() - 1
+            })
+        })
+        .collect();
+    (values, at)
+}
+
 fn index(rows: &[usize], device: &Device) -> candle::Result<Tensor> {
     Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), device)
 }
@@ -409,6 +434,16 @@ mod tests {
         cfg.image_dim = 9;
         let (_, _, tr, _) = world(&device);
         assert!(train(cfg, &TrainConfig::default(), &images, &texts, &tr, &va, |_| {}).is_err());
+    }
+
+    #[test]
+    fn distinct_keeps_first_appearance_order() {
+        let (values, at) = distinct(&[5, 2, 5, 9, 2, 2]);
+        assert_eq!(values, [5, 2, 9]);
+        assert_eq!(at, [0, 1, 0, 2, 1, 1]);
+        let rows = [5, 2, 5, 9, 2, 2];
+        assert!(rows.iter().zip(&at).all(|(r, &a)| values[a] == *r));
+        assert_eq!(distinct(&[]), (vec![], vec![]));
     }
 
     #[test]

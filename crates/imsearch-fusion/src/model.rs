@@ -73,10 +73,21 @@ impl Projection {
 
     /// `(n, in_dim) -> (n, shared_dim)`, each row of unit length.
     pub fn forward(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        let xs = xs.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
+        self.forward_standardised(&self.standardise(xs)?)
+    }
+
+    /// `(n, in_dim) -> (n, in_dim)`: the inputs centred and scaled as [`Projection::forward`] does
+    /// first (row by row, so standardising a matrix once and selecting rows later gives the
+    /// same numbers).
+    pub fn standardise(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        xs.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)
+    }
+
+    /// [`Projection::forward`] of inputs already passed through [`Projection::standardise`].
+    pub fn forward_standardised(&self, xs: &Tensor) -> candle::Result<Tensor> {
         let xs = match &self.hidden {
             Some(h) => h.forward(&xs)?.gelu()?,
-            None => xs,
+            None => xs.clone(),
         };
         l2_normalise(&self.out.forward(&xs)?)
     }
@@ -106,6 +117,11 @@ impl FusionModel {
         let scale = vb.get(1, "calibration.scale")?;
         let offset = vb.get(1, "calibration.offset")?;
         Ok(FusionModel { config, image, text, scale, offset })
+    }
+
+    /// The image and text projections (standardisation, then the MLP).
+    pub fn projections(&self) -> (&Projection, &Projection) {
+        (&self.image, &self.text)
     }
 
     /// `(n, image_dim) -> (n, shared_dim)`, unit rows.

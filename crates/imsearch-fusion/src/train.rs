@@ -36,7 +36,7 @@ impl Default for TrainConfig {
         TrainConfig {
             seed: 0,
             max_epochs: 20,
-            patience: 6,
+            patience: 4,
             batch_size: 512,
             contrastive_batch: 128,
             learning_rate: 1e-3,
@@ -111,6 +111,11 @@ pub fn train(
     fixed.insert("text.inv_std".into(), txt_inv_std);
     let vars = init_vars(&config, &mut rng, &device)?;
     let model = build(&config, &fixed, &vars, &device)?;
+    // Standardised once: every step selects rows of these (the same numbers as standardising
+    // each batch, without redoing it ~50 times an epoch).
+    let (image_side, text_side) = model.projections();
+    let images = &image_side.standardise(images)?;
+    let texts = &text_side.standardise(texts)?;
     let mut opt = AdamW::new(
         vars.values().cloned().collect(),
         ParamsAdamW { lr: tc.learning_rate, weight_decay: tc.weight_decay, ..Default::default() },
@@ -143,11 +148,11 @@ pub fn train(
                 // gathered per pair; the gradient flows back through the gather.
                 let (ui, at_i) = distinct(&i);
                 let (ut, at_t) = distinct(&t);
-                let img = model
-                    .embed_images(&images.index_select(&index(&ui, &device)?, 0)?)?
+                let img = image_side
+                    .forward_standardised(&images.index_select(&index(&ui, &device)?, 0)?)?
                     .index_select(&index(&at_i, &device)?, 0)?;
-                let txt = model
-                    .embed_texts(&texts.index_select(&index(&ut, &device)?, 0)?)?
+                let txt = text_side
+                    .forward_standardised(&texts.index_select(&index(&ut, &device)?, 0)?)?
                     .index_select(&index(&at_t, &device)?, 0)?;
                 let z = model.pair_logits(&img, &txt)?;
                 let y = Tensor::from_vec(y, chunk.len(), &device)?;
@@ -165,8 +170,8 @@ pub fn train(
                             c[rng.gen_range(0..c.len())]
                         })
                         .collect();
-                    let img = model.embed_images(&images.index_select(&index(chunk, &device)?, 0)?)?;
-                    let txt = model.embed_texts(&texts.index_select(&index(&caps, &device)?, 0)?)?;
+                    let img = image_side.forward_standardised(&images.index_select(&index(chunk, &device)?, 0)?)?;
+                    let txt = text_side.forward_standardised(&texts.index_select(&index(&caps, &device)?, 0)?)?;
                     let logits = (txt.matmul(&img.t()?)? / tc.temperature)?;
                     let targets = Tensor::arange(0u32, chunk.len() as u32, &device)?;
                     let l = ((candle_nn::loss::cross_entropy(&logits, &targets)?
@@ -200,14 +205,23 @@ pub fn train(
 }
 
 /// Validation figures: mean cross-entropy on the labelled pairs and text-to-image MRR of the
-/// positives against the candidates (NaN where the set is empty).
+/// positives against the candidates (NaN where the set is empty). `images` and `texts` are
+/// already standardised ([`crate::Projection::standardise`]).
 fn evaluate(model: &FusionModel, images: &Tensor, texts: &Tensor, set: &PairSet) -> Result<(f64, f64)> {
+    let (image_side, text_side) = model.projections();
     let device = images.device();
     let mut bce = f64::NAN;
     if !set.pairs.is_empty() {
         let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(&set.pairs);
-        let img = model.embed_images(&images.index_select(&index(&i, device)?, 0)?)?;
-        let txt = model.embed_texts(&texts.index_select(&index(&t, device)?, 0)?)?;
+        // Each distinct image and text once (10,694 validation pairs hold 300 images).
+        let (ui, at_i) = distinct(&i);
+        let (ut, at_t) = distinct(&t);
+        let img = image_side
+            .forward_standardised(&images.index_select(&index(&ui, device)?, 0)?)?
+            .index_select(&index(&at_i, device)?, 0)?;
+        let txt = text_side
+            .forward_standardised(&texts.index_select(&index(&ut, device)?, 0)?)?
+            .index_select(&index(&at_t, device)?, 0)?;
         let z = model.pair_logits(&img, &txt)?;
         let y = Tensor::from_vec(y, set.pairs.len(), device)?;
         bce = f64::from(bce_with_logits(&z, &y)?.to_scalar::<f32>()?);
@@ -216,9 +230,9 @@ fn evaluate(model: &FusionModel, images: &Tensor, texts: &Tensor, set: &PairSet)
     if !set.positives.is_empty() && !set.candidates.is_empty() {
         let pos: HashMap<usize, usize> = set.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
         let positives: Vec<&(usize, usize)> = set.positives.iter().filter(|(_, i)| pos.contains_key(i)).collect();
-        let img = model.embed_images(&images.index_select(&index(&set.candidates, device)?, 0)?)?;
+        let img = image_side.forward_standardised(&images.index_select(&index(&set.candidates, device)?, 0)?)?;
         let t: Vec<usize> = positives.iter().map(|p| p.0).collect();
-        let txt = model.embed_texts(&texts.index_select(&index(&t, device)?, 0)?)?;
+        let txt = text_side.forward_standardised(&texts.index_select(&index(&t, device)?, 0)?)?;
         let sims = txt.matmul(&img.t()?)?.to_vec2::<f32>()?;
         let sum: f64 =
             positives.iter().zip(&sims).map(|((_, i), row)| 1.0 / imsearch_eval::rank_of(row, pos[i]) as f64).sum();

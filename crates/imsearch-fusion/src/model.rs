@@ -86,7 +86,7 @@ impl Projection {
     /// [`Projection::forward`] of inputs already passed through [`Projection::standardise`].
     pub fn forward_standardised(&self, xs: &Tensor) -> candle::Result<Tensor> {
         let xs = match &self.hidden {
-            Some(h) => h.forward(&xs)?.gelu()?,
+            Some(h) => h.forward(xs)?.gelu()?,
             None => xs.clone(),
         };
         l2_normalise(&self.out.forward(&xs)?)

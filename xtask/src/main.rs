@@ -15,6 +15,7 @@ mod paths;
 mod progress;
 mod search;
 mod serve;
+mod throughput;
 mod train;
 mod web_check;
 
@@ -61,6 +62,8 @@ enum Command {
     WebCheck(web_check::Args),
     /// Run the checks CI runs: fixtures --check, format, clippy, tests, the web check.
     Ci(ci::Args),
+    /// Measure encoder throughput on the PyTorch reference's work (images/s, sentences/s, peak memory).
+    Throughput(throughput::Args),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::WebCheck(args) => web_check::run(args),
         Command::Ci(args) => ci::run(&root, args),
+        Command::Throughput(args) => throughput::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

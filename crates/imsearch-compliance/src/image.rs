@@ -52,7 +52,7 @@ impl ImagePolicy {
     /// [`threshold_for_recall`] on a validation split.
     pub fn train(features: &[f32], labels: &[bool], options: TrainOptions) -> Result<Self, ImagePolicyError> {
         let n = labels.len();
-        if n == 0 || features.is_empty() || features.len() % n != 0 {
+        if n == 0 || features.is_empty() || !features.len().is_multiple_of(n) {
             return Err(ImagePolicyError::Shape { features: features.len(), dim: 0, labels: n });
         }
         if features.iter().any(|v| !v.is_finite()) {

@@ -41,6 +41,8 @@ pub enum Error {
     EmptyText { index: usize },
     #[error("max_seq_length {max_seq_length} is outside 3..={max_position_embeddings} (the model's positions)")]
     MaxSeqLength { max_seq_length: usize, max_position_embeddings: usize },
+    #[error("unsupported model: {reason}")]
+    UnsupportedModel { reason: String },
     #[error("batch_size must be at least 1")]
     ZeroBatchSize,
     #[error("no term occurs in at least {min_df} of the {documents} training documents")]

@@ -9,10 +9,13 @@
 //! verifying weights) nor on any image or dataset crate; its only imsearch dependency is
 //! `imsearch-types`. Model code does no network I/O.
 
+mod bert;
 mod error;
+mod gemm;
 mod minilm;
 mod tfidf;
 
+pub use bert::BertConfig;
 pub use error::{Error, Result};
 pub use minilm::{l2_normalize, mean_pool, MiniLm, MiniLmFiles, MiniLmOptions};
 pub use tfidf::{tokenize, SparseRow, Tfidf, TfidfOptions};

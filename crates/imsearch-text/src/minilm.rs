@@ -1,5 +1,5 @@
-//! MiniLM-L6 sentence embeddings (all-MiniLM-L6-v2) through candle-transformers' BERT:
-//! tokenise, pad to the longest text of each batch, mean-pool over the attention mask,
+//! MiniLM-L6 sentence embeddings (all-MiniLM-L6-v2): tokenise, run BERT ([`crate::bert`]) on
+//! the real tokens of each batch (no padding), mean-pool over each text's tokens,
 //! L2-normalise. Mirrors sentence-transformers' `Transformer -> Pooling(mean) -> Normalize`.
 
 use std::{
@@ -10,11 +10,11 @@ use std::{
 
 use candle::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use imsearch_types::EmbeddingMatrix;
 use serde::{Deserialize, Serialize};
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
+use crate::bert::{Bert, BertConfig};
 use crate::{Error, Result};
 
 /// The three files of a MiniLM checkpoint.
@@ -89,11 +89,11 @@ impl Default for MiniLmOptions {
 
 /// A MiniLM sentence encoder: text in, L2-normalised 384-d embeddings out.
 pub struct MiniLm {
-    model: BertModel,
+    model: Bert,
+    device: Device,
     tokenizer: Tokenizer,
     options: MiniLmOptions,
     dim: usize,
-    pad_id: u32,
 }
 
 impl std::fmt::Debug for MiniLm {
@@ -101,7 +101,7 @@ impl std::fmt::Debug for MiniLm {
         f.debug_struct("MiniLm")
             .field("dim", &self.dim)
             .field("options", &self.options)
-            .field("device", &self.model.device)
+            .field("device", &self.device)
             .finish_non_exhaustive()
     }
 }
@@ -135,8 +135,9 @@ impl MiniLm {
     }
 
     /// Builds the encoder from an already parsed config and tokenizer and a `VarBuilder` over the
-    /// weights. The tokenizer's own padding is turned off (texts are padded per batch) and its
-    /// truncation set to `options.max_seq_length`.
+    /// weights (read once and repacked; the encoder runs on the CPU and returns tensors on the
+    /// `VarBuilder`'s device). The tokenizer's own padding is turned off (texts are never
+    /// padded) and its truncation set to `options.max_seq_length`.
     pub fn new(config: &BertConfig, mut tokenizer: Tokenizer, options: MiniLmOptions, vb: VarBuilder) -> Result<Self> {
         if options.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
@@ -147,15 +148,15 @@ impl MiniLm {
                 max_position_embeddings: config.max_position_embeddings,
             });
         }
-        let pad_id = tokenizer.get_padding().map_or(config.pad_token_id as u32, |p| p.pad_id);
         let truncation = TruncationParams {
             max_length: options.max_seq_length,
             ..tokenizer.get_truncation().cloned().unwrap_or_default()
         };
         tokenizer.with_padding(None);
         tokenizer.with_truncation(Some(truncation)).map_err(Error::TokenizerSetup)?;
-        let model = BertModel::load(vb, config)?;
-        Ok(MiniLm { model, tokenizer, options, dim: config.hidden_size, pad_id })
+        let device = vb.device().clone();
+        let model = Bert::new(config, vb)?;
+        Ok(MiniLm { model, device, tokenizer, options, dim: config.hidden_size })
     }
 
     /// Embedding width (384 for MiniLM-L6).
@@ -168,7 +169,7 @@ impl MiniLm {
     }
 
     pub fn device(&self) -> &Device {
-        &self.model.device
+        &self.device
     }
 
     /// The tokenizer as configured: no padding, truncation at `max_seq_length`.
@@ -186,9 +187,10 @@ impl MiniLm {
         }
         let mut data = vec![0f32; texts.len() * self.dim];
         for batch in order.chunks(self.options.batch_size) {
-            let rows = self.forward(batch.iter().map(|&i| &encodings[i]))?.to_vec2::<f32>()?;
-            for (&i, row) in batch.iter().zip(rows) {
-                data[i * self.dim..(i + 1) * self.dim].copy_from_slice(&row);
+            let ids: Vec<&[u32]> = batch.iter().map(|&i| encodings[i].get_ids()).collect();
+            let rows = self.model.embed(&ids)?;
+            for (&i, row) in batch.iter().zip(rows.chunks_exact(self.dim)) {
+                data[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
             }
         }
         tracing::debug!(texts = texts.len(), "encoded texts with minilm");
@@ -200,7 +202,9 @@ impl MiniLm {
     /// `n texts -> (n, dim)` L2-normalised embeddings on the model's device.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Tensor> {
         let encodings = self.tokenize(texts)?;
-        self.forward(encodings.iter())
+        let ids: Vec<&[u32]> = encodings.iter().map(Encoding::get_ids).collect();
+        let rows = self.model.embed(&ids)?;
+        Ok(Tensor::from_vec(rows, (texts.len(), self.dim), &self.device)?)
     }
 
     fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
@@ -210,30 +214,6 @@ impl MiniLm {
         self.tokenizer
             .encode_batch_fast(texts.to_vec(), true)
             .map_err(|source| Error::Tokenize { texts: texts.len(), source })
-    }
-
-    /// Pads the encodings to the longest and runs BERT, mean pooling and normalisation:
-    /// `b encodings -> (b, dim)`.
-    fn forward<'a>(&self, encodings: impl ExactSizeIterator<Item = &'a Encoding> + Clone) -> Result<Tensor> {
-        let b = encodings.len();
-        let device = &self.model.device;
-        if b == 0 {
-            return Ok(Tensor::zeros((0, self.dim), DType::F32, device)?);
-        }
-        let seq = encodings.clone().map(Encoding::len).max().unwrap_or(0);
-        let mut ids = vec![self.pad_id; b * seq];
-        let mut mask = vec![0u32; b * seq];
-        for (row, enc) in encodings.enumerate() {
-            let n = enc.len();
-            ids[row * seq..row * seq + n].copy_from_slice(enc.get_ids());
-            mask[row * seq..row * seq + n].copy_from_slice(enc.get_attention_mask());
-        }
-        let ids = Tensor::from_vec(ids, (b, seq), device)?;
-        let mask = Tensor::from_vec(mask, (b, seq), device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-        let pooled = mean_pool(&hidden, &mask)?;
-        Ok(l2_normalize(&pooled)?)
     }
 }
 

@@ -272,7 +272,7 @@ impl std::error::Error for ShapeError {}
 
 impl EmbeddingMatrix {
     pub fn new(dim: usize, data: Vec<f32>) -> Result<Self, ShapeError> {
-        if dim == 0 || data.len() % dim != 0 {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(ShapeError { len: data.len(), dim });
         }
         Ok(EmbeddingMatrix { dim, data })

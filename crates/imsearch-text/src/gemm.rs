@@ -1,0 +1,496 @@
+//! Dense `x[m, k] · W^T` for inference with a weight matrix packed once at load time: an
+//! AVX-512 microkernel (12 rows x 32 columns in 24 registers), an AVX2+FMA one and a portable
+//! one, chosen at run time, rows split across rayon's threads, and a per-row-block epilogue
+//! (bias, activation, residual, layer norm) run while the block is still in cache.
+
+use rayon::prelude::*;
+
+/// Rows of `x` per microkernel tile (the packed `x` panel's width).
+pub(crate) const MR: usize = 12;
+/// Output columns per microkernel tile (the packed weight panel's width): two AVX-512 vectors.
+pub(crate) const NR: usize = 32;
+/// Inputs per packed block: a `KC x NR` weight panel (32 KiB) and a `KC x MR` input panel
+/// (12 KiB) fit in a 48 KiB L1 together (192 and 384 measured the same within noise).
+pub(crate) const KC: usize = 256;
+
+/// The instruction sets the kernels are written for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The AVX-512 copies are compiled with F, VL, DQ and BW (and AVX2 and FMA); some CPUs have F
+/// alone (Xeon Phi), so all are checked.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU supports (for tests).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Self> {
+        let mut all = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                all.push(Isa::Avx2);
+            }
+            if has_avx512() {
+                all.push(Isa::Avx512);
+            }
+        }
+        all
+    }
+}
+
+/// `$vis fn $name(isa: Isa, args...)`: calls the `#[inline(always)]` function
+/// `$body(isa, args...)` inlined into a copy compiled for `isa`, so that LLVM vectorises its loops (and those of the
+/// `#[inline(always)]` helpers it calls) with that instruction set.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(isa: $crate::gemm::Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512(isa: $crate::gemm::Isa, $($arg: $ty),*) {
+                $body(isa, $($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2(isa: $crate::gemm::Isa, $($arg: $ty),*) {
+                $body(isa, $($arg),*)
+            }
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx512` is only made by `Isa::detect`/`Isa::available` after
+                // `has_avx512` found every feature this copy is compiled with.
+                $crate::gemm::Isa::Avx512 => unsafe { avx512(isa, $($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` is only made after AVX2 and FMA were detected.
+                $crate::gemm::Isa::Avx2 => unsafe { avx2(isa, $($arg),*) },
+                _ => $body(isa, $($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// What happens to each finished block of output rows, while it is still in cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Epilogue<'a> {
+    /// Nothing (for tests and benchmarks of the product alone).
+    #[cfg_attr(not(test), allow(dead_code))]
+    None,
+    /// `c += bias` on every row.
+    Bias(&'a [f32]),
+    /// `c = gelu(c + bias)`, GELU with the exact erf.
+    BiasGelu(&'a [f32]),
+    /// `c = layer_norm(c + bias + residual)`; `residual` has the rows of the whole `c`.
+    BiasResidualNorm { bias: &'a [f32], residual: &'a [f32], gamma: &'a [f32], beta: &'a [f32], eps: f32 },
+}
+
+impl Epilogue<'_> {
+    /// Applies it to `rows` (whole rows of `c`, the first being row `first`).
+    #[inline(always)]
+    fn apply(&self, first: usize, rows: &mut [f32]) {
+        match *self {
+            Epilogue::None => {}
+            Epilogue::Bias(bias) => crate::bert::add_bias(rows, bias),
+            Epilogue::BiasGelu(bias) => crate::bert::add_bias_gelu(rows, bias),
+            Epilogue::BiasResidualNorm { bias, residual, gamma, beta, eps } => {
+                let n = bias.len();
+                let residual = &residual[first * n..first * n + rows.len()];
+                crate::bert::add_bias_residual_norm(rows, bias, residual, gamma, beta, eps)
+            }
+        }
+    }
+}
+
+/// A weight matrix `W[n, k]` (PyTorch's `Linear` layout) packed for the kernels: panels of
+/// [`NR`] output columns, each stored `k`-major (`panel[p][j] = W[panel * NR + j][p]`), the last
+/// one padded with zeros.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedWeight {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Packs the row-major `w` (`n * k` values).
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight of {n}x{k} expected");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for panel in 0..panels {
+            let out = &mut data[panel * k * NR..(panel + 1) * k * NR];
+            for j in 0..NR.min(n - panel * NR) {
+                let row = &w[(panel * NR + j) * k..][..k];
+                for (p, &v) in row.iter().enumerate() {
+                    out[p * NR + j] = v;
+                }
+            }
+        }
+        PackedWeight { n, k, data }
+    }
+
+    /// Output columns.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// `c[m, n] = a[m, k] · W^T`, then `epilogue` on each block of up to [`MR`] finished rows, on
+/// the thread that computed them. Rows are split across rayon's threads.
+pub(crate) fn matmul(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], epilogue: Epilogue<'_>) {
+    let (n, k) = (w.n, w.k);
+    assert_eq!(a.len() % k.max(1), 0, "a holds whole rows of {k}");
+    let m = a.len().checked_div(k).unwrap_or(c.len() / n.max(1));
+    assert_eq!(c.len(), m * n, "c holds {m} rows of {n}");
+    if let Epilogue::BiasResidualNorm { bias, residual, gamma, beta, .. } = epilogue {
+        assert!(bias.len() == n && gamma.len() == n && beta.len() == n && residual.len() == m * n);
+    }
+    if let Epilogue::Bias(bias) | Epilogue::BiasGelu(bias) = epilogue {
+        assert_eq!(bias.len(), n);
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    // A few tasks per thread keep both cores busy when one is briefly taken by something else.
+    let panels = m.div_ceil(MR);
+    let tasks = (rayon::current_num_threads() * 2).clamp(1, panels);
+    let rows_per_task = panels.div_ceil(tasks) * MR;
+    c.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, c)| {
+        let first = t * rows_per_task;
+        let a = &a[first * k..(first + c.len() / n) * k];
+        block(isa, a, w, c, first, epilogue);
+    });
+}
+
+multiversion! {
+    /// [`block_any`] compiled for `isa`.
+    fn block(a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize, epilogue: Epilogue<'_>) => block_any
+}
+
+/// The rows `first..` of `c` from the matching rows `a`, blocked as GotoBLAS does: for each
+/// block of [`KC`] inputs the rows are packed into [`MR`]-row panels (kept in L2), and each
+/// `KC x NR` weight panel (kept in L1) is swept over all of them. Then `finish` on each block
+/// of [`MR`] rows.
+#[inline(always)]
+fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize, epilogue: Epilogue<'_>) {
+    let (n, k) = (w.n, w.k);
+    let m = c.len() / n;
+    let panels = m.div_ceil(MR);
+    let n_panels = n.div_ceil(NR);
+    // Tiles are written straight into `c` unless the last one would overhang its rows.
+    let padded = n_panels * NR;
+    let mut scratch = if padded == n { Vec::new() } else { vec![0f32; m * padded] };
+    let mut packed = vec![0f32; panels * MR * KC.min(k)];
+    let mut kb = 0;
+    loop {
+        let kc = KC.min(k - kb);
+        // x panels, k-major: packed[panel][p * MR + r] = a[panel * MR + r][kb + p]; missing
+        // rows are zeros.
+        // One column of the panel at a time: MR loads, one contiguous store (a row-at-a-time
+        // loop becomes a slow scatter).
+        for (panel, out) in packed.chunks_exact_mut(MR * kc.max(1)).take(panels).enumerate() {
+            let rows = MR.min(m - panel * MR);
+            let src: [&[f32]; MR] = std::array::from_fn(|r| &a[(panel * MR + r.min(rows - 1)) * k + kb..][..kc]);
+            for (p, out) in out.chunks_exact_mut(MR).enumerate() {
+                let mut col: [f32; MR] = std::array::from_fn(|r| src[r][p]);
+                // Rows past the end read the last row again (`src` is clamped); zero them.
+                col[rows..].fill(0.0);
+                out.copy_from_slice(&col);
+            }
+        }
+        let (target, ldc): (&mut [f32], usize) = if padded == n { (&mut *c, n) } else { (&mut scratch, padded) };
+        for j in 0..n_panels {
+            let b = &w.data[(j * k + kb) * NR..(j * k + kb + kc) * NR];
+            for panel in 0..panels {
+                let rows = MR.min(m - panel * MR);
+                let a = &packed[panel * MR * kc..(panel + 1) * MR * kc];
+                tile(isa, kc, a, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
+            }
+        }
+        kb += kc;
+        if kb >= k {
+            break;
+        }
+    }
+    if padded != n {
+        for (c, s) in c.chunks_exact_mut(n).zip(scratch.chunks_exact(padded)) {
+            c.copy_from_slice(&s[..n]);
+        }
+    }
+    for (panel, c) in c.chunks_mut(MR * n).enumerate() {
+        epilogue.apply(first + panel * MR, c);
+    }
+}
+
+/// One `rows x NR` tile: `c[r * ldc + j] (+)= sum_p a[p * MR + r] * b[p * NR + j]`, added to
+/// what `c` holds when `accumulate`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
+    assert!(a.len() >= k * MR && b.len() >= k * NR && rows <= MR);
+    assert!(rows == 0 || c.len() >= (rows - 1) * ldc + NR);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 was detected (see `has_avx512`); the asserts above bound every read of
+        // `a` and `b` and every write of `c` the kernel makes.
+        Isa::Avx512 => unsafe { x86::tile_avx512(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected; the asserts above bound every access.
+        Isa::Avx2 => unsafe { x86::tile_avx2(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate) },
+        _ => tile_portable(k, a, b, c, ldc, rows, accumulate),
+    }
+}
+
+/// [`tile`] in plain Rust.
+#[inline(always)]
+fn tile_portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
+    let mut acc = [[0f32; NR]; MR];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+            acc.copy_from_slice(&c[r * ldc..r * ldc + NR]);
+        }
+    }
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(k) {
+        for (acc, &av) in acc.iter_mut().zip(a) {
+            for (acc, &bv) in acc.iter_mut().zip(b) {
+                *acc += av * bv;
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        c[r * ldc..r * ldc + NR].copy_from_slice(acc);
+    }
+}
+
+// The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's rust-version).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// The 12x32 tile in 24 zmm accumulators: per `p`, two loads of the weight panel and 12
+    /// broadcasts of the `x` panel feed 24 FMAs.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` must hold `k * MR` values, `b` `k * NR`, and `c` must be
+    /// readable and writable at `r * ldc + j` for `r < rows <= MR`, `j < NR`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_avx512(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        if accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                if r < rows {
+                    // SAFETY: r < rows: inside the tile the caller lets us read.
+                    acc[0] = _mm512_loadu_ps(c.add(r * ldc));
+                    acc[1] = _mm512_loadu_ps(c.add(r * ldc + 16));
+                }
+            }
+        }
+        for p in 0..k {
+            // SAFETY (all pointer reads in this loop): p < k, so p * NR + 32 <= k * NR and
+            // p * MR + r < k * MR.
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let a = a.add(p * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            if r < rows {
+                // SAFETY: r < rows, so the caller guarantees c[r * ldc .. r * ldc + 32] is writable.
+                _mm512_storeu_ps(c.add(r * ldc), acc[0]);
+                _mm512_storeu_ps(c.add(r * ldc + 16), acc[1]);
+            }
+        }
+    }
+
+    /// The 12x32 tile as four 6x16 AVX2 tiles (12 ymm accumulators each).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; the bounds are those of [`tile_avx512`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_avx2(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        accumulate: bool,
+    ) {
+        const R: usize = 6;
+        for r0 in (0..MR).step_by(R) {
+            if r0 >= rows {
+                break;
+            }
+            for j0 in (0..NR).step_by(16) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                if accumulate {
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        if r0 + r < rows {
+                            // SAFETY: r0 + r < rows and j0 + 16 <= NR: inside the tile.
+                            acc[0] = _mm256_loadu_ps(c.add((r0 + r) * ldc + j0));
+                            acc[1] = _mm256_loadu_ps(c.add((r0 + r) * ldc + j0 + 8));
+                        }
+                    }
+                }
+                for p in 0..k {
+                    // SAFETY: p < k, r0 + r < MR and j0 + 16 <= NR keep the reads in bounds.
+                    let b0 = _mm256_loadu_ps(b.add(p * NR + j0));
+                    let b1 = _mm256_loadu_ps(b.add(p * NR + j0 + 8));
+                    let a = a.add(p * MR + r0);
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_ps(*a.add(r));
+                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    if r0 + r < rows {
+                        // SAFETY: r0 + r < rows and j0 + 16 <= NR: inside the writable tile.
+                        _mm256_storeu_ps(c.add((r0 + r) * ldc + j0), acc[0]);
+                        _mm256_storeu_ps(c.add((r0 + r) * ldc + j0 + 8), acc[1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[track_caller]
+    fn check(isa: Isa, m: usize, n: usize, k: usize) {
+        let a = values(m * k, 1 + m as u32);
+        let w = values(n * k, 2 + n as u32);
+        let bias = values(n, 3);
+        let packed = PackedWeight::pack(&w, n, k);
+        let mut c = vec![f32::NAN; m * n];
+        matmul(isa, &a, &packed, &mut c, Epilogue::Bias(&bias));
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum::<f64>() + bias[j] as f64;
+                let got = c[i * n + j];
+                let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                assert!((got as f64 - want).abs() < tol, "{isa:?} {m}x{n}x{k} at ({i}, {j}): {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_naive_product() {
+        for isa in Isa::available() {
+            for (m, n, k) in [
+                (1, 1, 1),
+                (12, 32, 8),
+                (13, 33, 7),
+                (5, 64, 384),
+                (37, 96, 31),
+                (100, 40, 3),
+                (3, 7, 0),
+                (25, 45, 400),
+                (49, 64, 1536),
+            ] {
+                check(isa, m, n, k);
+            }
+        }
+    }
+
+    #[test]
+    fn detect_is_among_the_available() {
+        assert!(Isa::available().contains(&Isa::detect()));
+    }
+
+    /// The epilogues against their definitions, on rows split across blocks and threads.
+    #[test]
+    fn epilogues_match_their_definitions() {
+        let (m, n, k) = (29, 40, 16);
+        let a = values(m * k, 4);
+        let packed = PackedWeight::pack(&values(n * k, 5), n, k);
+        let (bias, residual, gamma, beta) = (values(n, 6), values(m * n, 7), values(n, 8), values(n, 9));
+        for isa in Isa::available() {
+            let mut plain = vec![0f32; m * n];
+            matmul(isa, &a, &packed, &mut plain, Epilogue::None);
+            let mut gelu = vec![0f32; m * n];
+            matmul(isa, &a, &packed, &mut gelu, Epilogue::BiasGelu(&bias));
+            let mut normed = vec![0f32; m * n];
+            let epilogue =
+                Epilogue::BiasResidualNorm { bias: &bias, residual: &residual, gamma: &gamma, beta: &beta, eps: 1e-12 };
+            matmul(isa, &a, &packed, &mut normed, epilogue);
+            for i in 0..m {
+                let row: Vec<f64> = (0..n).map(|j| plain[i * n + j] as f64 + bias[j] as f64).collect();
+                for j in 0..n {
+                    let x = row[j];
+                    let want = 0.5 * x * (1.0 + crate::bert::tests::erf64(x / std::f64::consts::SQRT_2));
+                    assert!((gelu[i * n + j] as f64 - want).abs() < 1e-5, "{isa:?} gelu ({i}, {j})");
+                }
+                let x: Vec<f64> = row.iter().zip(&residual[i * n..]).map(|(x, r)| x + *r as f64).collect();
+                let mean = x.iter().sum::<f64>() / n as f64;
+                let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+                for j in 0..n {
+                    let want = (x[j] - mean) / (var + 1e-12).sqrt() * gamma[j] as f64 + beta[j] as f64;
+                    assert!((normed[i * n + j] as f64 - want).abs() < 1e-4, "{isa:?} norm ({i}, {j})");
+                }
+            }
+        }
+    }
+}

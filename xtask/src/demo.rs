@@ -35,18 +35,13 @@ use serde_json::Value;
 
 use crate::{
     compliance::{self, Collection, PolicyCheckpoint, PolicyOpts},
-    embed::{self, EmbedOpts},
-    eval,
-    models::ModelsArg,
-    paths,
-    train::{self, Prepared, TrainOpts},
+    embed::{self},
+    eval, paths,
+    train::{self, Pipeline, Prepared},
 };
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
     /// How many test queries to draw at random (seeded by --seed).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     queries: u32,
@@ -63,11 +58,7 @@ pub(crate) struct Args {
     #[arg(long)]
     reevaluate: bool,
     #[command(flatten)]
-    models: ModelsArg,
-    #[command(flatten)]
-    embed: EmbedOpts,
-    #[command(flatten)]
-    train: TrainOpts,
+    pipeline: Pipeline,
     #[command(flatten)]
     policy: PolicyOpts,
 }
@@ -116,8 +107,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let mut steps = Steps::default();
 
     let t = Instant::now();
-    let store = args.models.store()?;
-    let kinds = args.embed.kinds()?;
+    let store = args.pipeline.models.store()?;
+    let kinds = args.pipeline.embed.kinds()?;
     let mut ids = vec![embed::TEXT_MODEL];
     ids.extend(kinds.iter().map(|k| k.id()));
     for id in &ids {
@@ -126,7 +117,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     steps.done("models", format!("{} in {}", ids.join(", "), store.root().display()), t);
 
     let t = Instant::now();
-    let data = paths::data_dir(args.data.as_deref())?;
+    let data = paths::data_dir(args.pipeline.data.as_deref())?;
     let data = data.canonicalize().unwrap_or(data);
     let spinner = crate::progress::spinner(&format!("loading the dataset at {}", data.display()));
     let ds = Dataset::load(&data, Default::default());
@@ -139,12 +130,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     );
 
     let t = Instant::now();
-    let emb = embed::embed_all(&ds, &store, &args.embed)?;
+    let emb = embed::embed_all(&ds, &store, &args.pipeline.embed)?;
     steps.done("embeddings", format!("{}", emb.dir.display()), t);
 
     let t = Instant::now();
-    let prepared = Prepared::new(&ds, &emb, &args.train)?;
-    let checkpoint = train::checkpoint_dir(&args.embed, &args.train);
+    let prepared = Prepared::new(&ds, &emb, &args.pipeline.train)?;
+    let checkpoint = train::checkpoint_dir(&args.pipeline.embed, &args.pipeline.train);
     let loaded = if args.retrain {
         None
     } else {
@@ -155,7 +146,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         None => {
             println!("training the fusion model (checkpoint {})", checkpoint.display());
             prepared.print_counts();
-            (train::train_and_save(&prepared, &args.embed, &args.train)?.0, "trained")
+            (train::train_and_save(&prepared, &args.pipeline.embed, &args.pipeline.train)?.0, "trained")
         }
     };
     steps.done("fusion model", format!("{how} {}", checkpoint.display()), t);
@@ -167,13 +158,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     steps.done("metrics", format!("{how} {}", metrics_path.display()), t);
 
     let t = Instant::now();
-    let policy_emb = args.policy.restrict(&emb, &args.embed)?;
+    let policy_emb = args.policy.restrict(&emb, &args.pipeline.embed)?;
     let policy = compliance::load_or_train_image_policy(
         &ds,
         &policy_emb,
-        &args.embed,
-        args.train.seed,
-        args.train.train_fraction,
+        &args.pipeline.embed,
+        args.pipeline.train.seed,
+        args.pipeline.train.train_fraction,
         &args.policy,
     );
     let policy: Option<PolicyCheckpoint> = match policy {
@@ -209,7 +200,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 
     println!("\nmetrics ({}):", metrics_path.display());
     print_metrics(&metrics);
-    println!("\nsummary (seed {}, {} queries, top {}):", args.train.seed, shown.len(), args.top);
+    println!("\nsummary (seed {}, {} queries, top {}):", args.pipeline.train.seed, shown.len(), args.top);
     for (name, what, took) in &steps.0 {
         println!("  {name:<13} {:>6.1} s  {what}", took.as_secs_f64());
     }
@@ -223,9 +214,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 /// this seed for this fusion model; otherwise `eval::evaluate` runs and writes it. Returns the
 /// metrics, the path and whether they were reused.
 fn metrics(args: &Args, data: &Path, checkpoint: &Path, fusion_name: &str) -> Result<(Value, PathBuf, bool)> {
-    let path = paths::resolve(&args.embed.workdir).join("metrics.json");
+    let path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");
     if !args.reevaluate {
-        if let Some(v) = reusable_metrics(&path, checkpoint, args.train.seed, fusion_name) {
+        if let Some(v) = reusable_metrics(&path, checkpoint, args.pipeline.train.seed, fusion_name) {
             return Ok((v, path, true));
         }
     }
@@ -235,10 +226,7 @@ fn metrics(args: &Args, data: &Path, checkpoint: &Path, fusion_name: &str) -> Re
         path.display()
     );
     let eval_args = eval::Args {
-        data: Some(data.to_owned()),
-        models: args.models.clone(),
-        embed: args.embed.clone(),
-        train: args.train.clone(),
+        pipeline: Pipeline { data: Some(data.to_owned()), ..args.pipeline.clone() },
         retrain: false,
         no_tfidf: true,
         no_retrain_all: true,
@@ -277,7 +265,7 @@ fn rank_queries(
     }
     let images = train::test_image_matrix(emb, &ids)?;
     let policy = TextPolicy::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(args.train.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(args.pipeline.train.seed);
     let n = (args.queries as usize).min(ds.test_queries.len());
     let picked = rand::seq::index::sample(&mut rng, ds.test_queries.len(), n).into_vec();
     let top = args.top as usize;
@@ -439,7 +427,7 @@ fn render(
          the disclaimer and no images; an image the image policy blocks is replaced by the disclaimer and keeps its \
          rank. The whole contact sheet is demo.png in this folder.",
         shown.len(),
-        args.train.seed,
+        args.pipeline.train.seed,
         ds.test_images.len(),
         args.top
     ));

@@ -1,7 +1,7 @@
 //! `cargo xtask eval`: every model against the baselines, chosen on the validation split, then
 //! scored once on the 500 test queries; prints a table and writes `metrics.json`.
 
-use std::{collections::BTreeMap, path::PathBuf, rc::Rc, time::Instant};
+use std::{collections::BTreeMap, rc::Rc, time::Instant};
 
 use anyhow::{Context, Result};
 use candle::{DType, Device, Module, Tensor};
@@ -16,23 +16,15 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::{
-    embed::{self, EmbedOpts},
-    models::ModelsArg,
+    embed::{self},
     paths,
-    train::{self, Prepared, TrainOpts},
+    train::{self, Pipeline, Prepared},
 };
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
-    #[arg(long, value_name = "DIR")]
-    pub(crate) data: Option<PathBuf>,
     #[command(flatten)]
-    pub(crate) models: ModelsArg,
-    #[command(flatten)]
-    pub(crate) embed: EmbedOpts,
-    #[command(flatten)]
-    pub(crate) train: TrainOpts,
+    pub(crate) pipeline: Pipeline,
     /// Train the fusion model again even when a checkpoint for this seed exists.
     #[arg(long)]
     pub(crate) retrain: bool,
@@ -405,7 +397,7 @@ fn index(rows: &[usize]) -> candle::Result<Tensor> {
 
 pub(crate) fn run(args: &Args) -> Result<()> {
     let metrics = evaluate(args)?;
-    let path = paths::resolve(&args.embed.workdir).join("metrics.json");
+    let path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");
     std::fs::write(&path, serde_json::to_string_pretty(&metrics)?)
         .with_context(|| format!("failed to write {}", path.display()))?;
     print_table(&metrics);
@@ -415,16 +407,16 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 }
 
 pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
-    let data = paths::data_dir(args.data.as_deref())?;
+    let data = paths::data_dir(args.pipeline.data.as_deref())?;
     let ds = Dataset::load(&data, Default::default())
         .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
-    let emb = embed::embed_all(&ds, &args.models.store()?, &args.embed)?;
-    let p = Prepared::new(&ds, &emb, &args.train)?;
+    let emb = embed::embed_all(&ds, &args.pipeline.models.store()?, &args.pipeline.embed)?;
+    let p = Prepared::new(&ds, &emb, &args.pipeline.train)?;
     p.print_counts();
 
-    let mut entries = vec![Entry::new("random".into(), Rc::new(Random(args.train.seed)), p.texts.clone())];
+    let mut entries = vec![Entry::new("random".into(), Rc::new(Random(args.pipeline.train.seed)), p.texts.clone())];
     let start = Instant::now();
-    let regressor = Regressor::train(&p.images, &p.texts, &p.train, args.train.seed)?;
+    let regressor = Regressor::train(&p.images, &p.texts, &p.train, args.pipeline.train.seed)?;
     println!("trained the concatenation regressor in {:.1} s", start.elapsed().as_secs_f64());
     entries.push(Entry::new("regressor-concat (original task)".into(), Rc::new(regressor), p.texts.clone()));
 
@@ -446,13 +438,13 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         let all_texts: Vec<&str> = p.text_ids.iter().map(|id| text_of(id)).collect();
         let m = tfidf.transform_dense(&all_texts);
         let tfidf_texts = Tensor::from_vec(m.as_slice().to_vec(), (m.rows(), m.dim()), &Device::Cpu)?;
-        let mut tfidf_config = p.fusion_config(&args.train)?;
+        let mut tfidf_config = p.fusion_config(&args.pipeline.train)?;
         tfidf_config.text_encoder = format!("tfidf-{}", m.dim());
         tfidf_config.text_dim = m.dim();
         let start = Instant::now();
         let (tfidf_model, _, _) = imsearch_fusion::train(
             tfidf_config,
-            &train::train_config(&args.train),
+            &train::train_config(&args.pipeline.train),
             &p.images,
             &tfidf_texts,
             &p.train,
@@ -463,13 +455,13 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         entries.push(Entry::new(format!("fusion {} + tf-idf", p.image_encoder), Rc::new(tfidf_model), tfidf_texts));
     }
 
-    let dir = train::checkpoint_dir(&args.embed, &args.train);
+    let dir = train::checkpoint_dir(&args.pipeline.embed, &args.pipeline.train);
     let fusion = match FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &Device::Cpu) {
         Ok(model) if !args.retrain => {
             println!("reusing the checkpoint in {}", dir.display());
             model
         }
-        _ => train::train_and_save(&p, &args.embed, &args.train)?.0,
+        _ => train::train_and_save(&p, &args.pipeline.embed, &args.pipeline.train)?.0,
     };
     // For the test set: the same configuration retrained on every training image for the
     // number of epochs validation chose.
@@ -477,7 +469,7 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     let fusion_all: Rc<dyn Scorer> = if args.no_retrain_all {
         fusion.clone()
     } else {
-        Rc::new(train::load_or_train_all(&p, &args.embed, &args.train, args.retrain)?)
+        Rc::new(train::load_or_train_all(&p, &args.pipeline.embed, &args.pipeline.train, args.retrain)?)
     };
     entries.push(Entry {
         name: format!("fusion {} + {}", p.image_encoder, embed::TEXT_MODEL),
@@ -513,9 +505,9 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
 
     // The bridge from ImageNet classes into text space; its class texts (bare names or
     // "a photo of a ..." sentences) and its softmax temperature chosen on validation MRR.
-    let store = args.models.store()?;
+    let store = args.pipeline.models.store()?;
     let mut encoders = Vec::new();
-    for kind in args.embed.kinds()? {
+    for kind in args.pipeline.embed.kinds()? {
         let files = crate::models::ensure(&store, kind.id())?;
         let encoder = imsearch_vision::load(kind, &files.weights, &Device::Cpu)
             .with_context(|| format!("failed to load {kind}"))?;
@@ -604,7 +596,7 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         );
     }
     Ok(Metrics {
-        seed: args.train.seed,
+        seed: args.pipeline.train.seed,
         best,
         models,
         test_queries: ds.test_queries.len(),

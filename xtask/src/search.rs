@@ -35,9 +35,8 @@ use serde::Serialize;
 use crate::{
     compliance::{self, PolicyCheckpoint, PolicyOpts},
     embed::{self, EmbedOpts},
-    models::ModelsArg,
     paths,
-    train::{self, Prepared, TrainOpts},
+    train::{self, Pipeline, Prepared},
 };
 
 /// File extensions indexed (the image decoders the workspace enables).
@@ -63,16 +62,10 @@ pub(crate) struct Setup {
     /// The folder of photos to search (default: test_images/ of the dataset).
     #[arg(long, value_name = "DIR")]
     pub(crate) images: Option<PathBuf>,
-    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4);
-    /// needed for the default folder and to train a missing model.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) data: Option<PathBuf>,
+    /// The dataset (for the default folder and to train a missing model), the models and the
+    /// options of the fusion model searched with.
     #[command(flatten)]
-    pub(crate) models: ModelsArg,
-    #[command(flatten)]
-    pub(crate) embed: EmbedOpts,
-    #[command(flatten)]
-    pub(crate) train: TrainOpts,
+    pub(crate) pipeline: Pipeline,
     #[command(flatten)]
     pub(crate) policy: PolicyOpts,
 }
@@ -176,15 +169,15 @@ impl Searcher {
     /// Indexes the folder (incrementally) and loads the models. With `may_train`, a missing
     /// fusion model or image policy is trained from the dataset; without, it is an error.
     pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
-        let store = setup.models.store()?;
-        let data = || paths::data_dir(setup.data.as_deref());
+        let store = setup.pipeline.models.store()?;
+        let data = || paths::data_dir(setup.pipeline.data.as_deref());
         let folder = match &setup.images {
             Some(dir) => dir.clone(),
             None => data()?.join("test_images"),
         };
-        let kinds = setup.embed.kinds()?;
-        let layout = kinds.iter().map(|&k| setup.embed.image_model_id(k)).collect::<Vec<_>>().join("+");
-        let index = index_folder(&folder, &setup.embed, &kinds, &store)?;
+        let kinds = setup.pipeline.embed.kinds()?;
+        let layout = kinds.iter().map(|&k| setup.pipeline.embed.image_model_id(k)).collect::<Vec<_>>().join("+");
+        let index = index_folder(&folder, &setup.pipeline.embed, &kinds, &store)?;
         if index.keys.is_empty() {
             let summary = &index.summary;
             bail!(
@@ -202,10 +195,10 @@ impl Searcher {
             let data = data()?;
             let ds = Dataset::load(&data, Default::default())
                 .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
-            let emb = embed::embed_all(&ds, &store, &setup.embed)?;
+            let emb = embed::embed_all(&ds, &store, &setup.pipeline.embed)?;
             Ok((ds, emb))
         };
-        let checkpoint = train::checkpoint_dir(&setup.embed, &setup.train);
+        let checkpoint = train::checkpoint_dir(&setup.pipeline.embed, &setup.pipeline.train);
         let fusion = match FusionModel::load(&checkpoint, &layout, embed::TEXT_MODEL, &Device::Cpu) {
             Ok(model) => model,
             Err(e) if !may_train => {
@@ -219,13 +212,13 @@ impl Searcher {
             Err(e) => {
                 eprintln!("no usable fusion model in {} ({e}); training it", checkpoint.display());
                 let (ds, emb) = prepared_data.insert(load_data()?);
-                let prepared = Prepared::new(ds, emb, &setup.train)?;
+                let prepared = Prepared::new(ds, emb, &setup.pipeline.train)?;
                 prepared.print_counts();
-                train::train_and_save(&prepared, &setup.embed, &setup.train)?.0
+                train::train_and_save(&prepared, &setup.pipeline.embed, &setup.pipeline.train)?.0
             }
         };
         // The image policy reads its own encoders' slices of each row.
-        let policy_ids = setup.policy.model_ids(&setup.embed)?;
+        let policy_ids = setup.policy.model_ids(&setup.pipeline.embed)?;
         let policy_layout = policy_ids.join("+");
         let policy_dim: usize = index.parts.iter().filter(|p| policy_ids.contains(&p.0)).map(|p| p.2).sum();
         let policy = image_policy(setup, may_train, &policy_layout, policy_dim, &mut prepared_data, &load_data);
@@ -370,7 +363,7 @@ fn image_policy(
     data: &mut Option<(Dataset, embed::Embeddings)>,
     load_data: &dyn Fn() -> Result<(Dataset, embed::Embeddings)>,
 ) -> Result<(PolicyCheckpoint, PathBuf)> {
-    let path = compliance::policy_path(&setup.embed, setup.train.seed);
+    let path = compliance::policy_path(&setup.pipeline.embed, setup.pipeline.train.seed);
     let saved = if setup.policy.retrain_policy { Ok(None) } else { read_policy(&path, layout, dim) };
     match saved {
         Ok(Some(ckpt)) => return Ok((ckpt, path)),
@@ -383,13 +376,13 @@ fn image_policy(
         Some(d) => d,
         None => data.insert(load_data()?),
     };
-    let emb = setup.policy.restrict(emb, &setup.embed)?;
+    let emb = setup.policy.restrict(emb, &setup.pipeline.embed)?;
     let (ckpt, path, _) = compliance::load_or_train_image_policy(
         ds,
         &emb,
-        &setup.embed,
-        setup.train.seed,
-        setup.train.train_fraction,
+        &setup.pipeline.embed,
+        setup.pipeline.train.seed,
+        setup.pipeline.train.train_fraction,
         &setup.policy,
     )?;
     if ckpt.image_encoder != layout || ckpt.policy.dim != dim {

@@ -50,8 +50,10 @@ pub(crate) struct TrainOpts {
     pub(crate) learning_rate: f64,
 }
 
-#[derive(clap::Args, Debug)]
-pub(crate) struct Args {
+/// The dataset, the model cache and the embedding and training options: what every job that
+/// trains or loads the fusion model reads. Flatten into its arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Pipeline {
     /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
     #[arg(long, value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
@@ -62,6 +64,9 @@ pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) train: TrainOpts,
 }
+
+/// `cargo xtask train` reads the pipeline and nothing else.
+pub(crate) type Args = Pipeline;
 
 pub(crate) fn run(args: &Args) -> Result<()> {
     let data = paths::data_dir(args.data.as_deref())?;

@@ -79,7 +79,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     }
     let out = paths::resolve(&args.out);
     fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
-    let data = paths::data_dir(args.setup.data.as_deref())?;
+    let data = paths::data_dir(args.setup.pipeline.data.as_deref())?;
     let dataset = Dataset::load(&data, Default::default())
         .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
     let queries: Vec<String> = dataset.test_queries.iter().map(|q| q.text.clone()).collect();
@@ -164,8 +164,8 @@ fn nth_request(
     queries: &[String],
     images: usize,
     blocked: &dyn Fn(usize) -> Option<bool>,
+    policy: &TextPolicy,
 ) -> (&'static str, String, u16) {
-    let policy = TextPolicy::default();
     match i % 10 {
         // Images by id, shown or blocked; one in five asks for an id that does not exist.
         7 | 8 => {
@@ -196,6 +196,9 @@ fn load_test(
 ) -> Result<LoadReport> {
     let total = args.requests as usize;
     let threads = (args.concurrency as usize).min(total);
+    // Every request is decided before the clock starts.
+    let policy = TextPolicy::default();
+    let requests: Vec<_> = (0..total).map(|i| nth_request(i, queries, images, &blocked, &policy)).collect();
     let next = AtomicUsize::new(0);
     let samples: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::with_capacity(total));
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -208,9 +211,10 @@ fn load_test(
                 if i >= total {
                     break;
                 }
-                let (kind, path, expected) = nth_request(i, queries, images, &blocked);
+                let (kind, path, expected) = &requests[i];
+                let (kind, expected) = (*kind, *expected);
                 let t = Instant::now();
-                let outcome = http_get(addr, &path);
+                let outcome = http_get(addr, path);
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 match outcome {
                     Ok((status, _)) if status == expected => {}

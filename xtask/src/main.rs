@@ -67,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let root = paths::workspace_root();
     let result = match &cli.command {
@@ -92,3 +93,28 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc's malloc returns every block over 128 KiB to the kernel when it is freed, and takes it
+/// back page by page (a page fault each) when the next one is allocated. Training allocates and
+/// frees tensors of several MB tens of times a step: with the defaults a fifth of its time went
+/// to the kernel. Blocks up to 64 MiB are kept in the heap, which gives back memory over 256 MiB
+/// of free space at its top.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_TOP_PAD: i32 = -2;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    unsafe extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    // SAFETY: mallopt only changes glibc's allocator parameters; it is called before any thread
+    // starts.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 64 << 20);
+        mallopt(M_TRIM_THRESHOLD, 256 << 20);
+        mallopt(M_TOP_PAD, 64 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}

@@ -138,47 +138,58 @@ pub fn train(
         let steps = pairs.len().div_ceil(tc.batch_size.max(1)).max(order.len().div_ceil(tc.contrastive_batch.max(1)));
         let mut total = 0.0;
         for step in 0..steps {
-            let mut loss = Tensor::zeros((), DType::F32, &device)?;
-            let chunk =
-                pairs.chunks(tc.batch_size.max(1)).nth(step % pairs.len().div_ceil(tc.batch_size.max(1)).max(1));
-            if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
-                let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(chunk);
-                // Each distinct image and text of the batch goes through its projection once
-                // (a batch of 512 pairs holds about 380 distinct images), then the rows are
-                // gathered per pair; the gradient flows back through the gather.
-                let (ui, at_i) = distinct(&i);
-                let (ut, at_t) = distinct(&t);
-                let img = image_side
-                    .forward_standardised(&images.index_select(&index(&ui, &device)?, 0)?)?
-                    .index_select(&index(&at_i, &device)?, 0)?;
-                let txt = text_side
-                    .forward_standardised(&texts.index_select(&index(&ut, &device)?, 0)?)?
-                    .index_select(&index(&at_t, &device)?, 0)?;
-                let z = model.pair_logits(&img, &txt)?;
-                let y = Tensor::from_vec(y, chunk.len(), &device)?;
-                loss = (loss + bce_with_logits(&z, &y)?)?;
-            }
+            // The step's labelled pairs and its contrastive images with one caption each.
+            let chunk = pairs
+                .chunks(tc.batch_size.max(1))
+                .nth(step % pairs.len().div_ceil(tc.batch_size.max(1)).max(1))
+                .filter(|c| !c.is_empty());
+            let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(chunk.unwrap_or(&[]));
+            let mut contrastive: (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
             if tc.contrastive_weight > 0.0 && !order.is_empty() {
                 let per = tc.contrastive_batch.max(2);
                 let n_chunks = order.len().div_ceil(per);
-                let chunk = &order[(step % n_chunks) * per..((step % n_chunks + 1) * per).min(order.len())];
-                if chunk.len() >= 2 {
-                    let caps: Vec<usize> = chunk
+                let c = &order[(step % n_chunks) * per..((step % n_chunks + 1) * per).min(order.len())];
+                if c.len() >= 2 {
+                    let caps: Vec<usize> = c
                         .iter()
                         .map(|i| {
                             let c = &captions_of[i];
                             c[rng.gen_range(0..c.len())]
                         })
                         .collect();
-                    let img = image_side.forward_standardised(&images.index_select(&index(chunk, &device)?, 0)?)?;
-                    let txt = text_side.forward_standardised(&texts.index_select(&index(&caps, &device)?, 0)?)?;
-                    let logits = (txt.matmul(&img.t()?)? / tc.temperature)?;
-                    let targets = Tensor::arange(0u32, chunk.len() as u32, &device)?;
-                    let l = ((candle_nn::loss::cross_entropy(&logits, &targets)?
-                        + candle_nn::loss::cross_entropy(&logits.t()?, &targets)?)?
-                        * (0.5 * tc.contrastive_weight))?;
-                    loss = (loss + l)?;
+                    contrastive = (c.to_vec(), caps);
                 }
+            }
+            // Each distinct image and text of the pairs (a batch of 512 pairs holds about 380
+            // distinct images), then the contrastive rows, go through their projection in one
+            // pass; the pairs gather their rows and the gradient flows back through the gather.
+            let (ui, at_i) = distinct(&i);
+            let (ut, at_t) = distinct(&t);
+            if ui.is_empty() && contrastive.0.is_empty() {
+                continue;
+            }
+            let img_rows: Vec<usize> = ui.iter().chain(&contrastive.0).copied().collect();
+            let txt_rows: Vec<usize> = ut.iter().chain(&contrastive.1).copied().collect();
+            let img = image_side.forward_standardised_train(&images.index_select(&index(&img_rows, &device)?, 0)?)?;
+            let txt = text_side.forward_standardised_train(&texts.index_select(&index(&txt_rows, &device)?, 0)?)?;
+            let mut loss = Tensor::zeros((), DType::F32, &device)?;
+            if !y.is_empty() {
+                let img_p = img.narrow(0, 0, ui.len())?.index_select(&index(&at_i, &device)?, 0)?;
+                let txt_p = txt.narrow(0, 0, ut.len())?.index_select(&index(&at_t, &device)?, 0)?;
+                let z = model.pair_logits(&img_p, &txt_p)?;
+                let y = Tensor::from_vec(y, i.len(), &device)?;
+                loss = (loss + bce_with_logits(&z, &y)?)?;
+            }
+            let n = contrastive.0.len();
+            if n > 0 {
+                let img_c = img.narrow(0, ui.len(), n)?;
+                let txt_c = txt.narrow(0, ut.len(), n)?;
+                let logits = (txt_c.matmul(&img_c.t()?)? / tc.temperature)?;
+                let targets = Tensor::arange(0u32, n as u32, &device)?;
+                let l = ((candle_nn::loss::cross_entropy(&logits, &targets)?
+                    + candle_nn::loss::cross_entropy(&logits.t()?, &targets)?)?
+                    * (0.5 * tc.contrastive_weight))?;
+                loss = (loss + l)?;
             }
             total += f64::from(loss.to_scalar::<f32>()?);
             opt.backward_step(&loss)?;

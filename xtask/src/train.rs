@@ -114,6 +114,8 @@ pub(crate) struct Prepared {
     /// The labelled validation pairs with their sources, parallel to `validation.pairs`.
     pub(crate) validation_pairs: Vec<GradedPair>,
     pub(crate) counts: DataCounts,
+    /// Each image encoder's id and width, in column order of `images`.
+    pub(crate) image_parts: Vec<(String, usize)>,
 }
 
 impl Prepared {
@@ -194,7 +196,44 @@ impl Prepared {
             train_positives: train.positives.len(),
             validation_positives: validation.positives.len(),
         };
-        Ok(Prepared { image_encoder, images, text_ids, texts, train, validation, validation_pairs, counts })
+        let image_parts = emb.images.iter().map(|(id, train, _)| (id.clone(), train.dim())).collect();
+        Ok(Prepared {
+            image_encoder,
+            images,
+            text_ids,
+            texts,
+            train,
+            validation,
+            validation_pairs,
+            counts,
+            image_parts,
+        })
+    }
+
+    /// The same pairs with the features of image encoder `part` alone (a member of the fusion
+    /// ensemble), and the embedding options that name it (for its checkpoint).
+    pub(crate) fn only(&self, part: usize, embed: &EmbedOpts) -> Result<(Prepared, EmbedOpts)> {
+        let (offset, dim) = self.columns(part);
+        let id = self.image_parts[part].0.clone();
+        let p = Prepared {
+            image_encoder: id.clone(),
+            images: self.images.narrow(1, offset, dim)?.contiguous()?,
+            text_ids: self.text_ids.clone(),
+            texts: self.texts.clone(),
+            train: self.train.clone(),
+            validation: self.validation.clone(),
+            validation_pairs: self.validation_pairs.clone(),
+            counts: self.counts.clone(),
+            image_parts: vec![(id, dim)],
+        };
+        let mut embed = embed.clone();
+        embed.image_encoders = vec![embed.image_encoders[part].clone()];
+        Ok((p, embed))
+    }
+
+    /// Where image encoder `part`'s columns start in `images`, and its width.
+    pub(crate) fn columns(&self, part: usize) -> (usize, usize) {
+        (self.image_parts[..part].iter().map(|p| p.1).sum(), self.image_parts[part].1)
     }
 
     pub(crate) fn print_counts(&self) {
@@ -260,11 +299,23 @@ pub(crate) fn train_and_save(
     embed: &EmbedOpts,
     opts: &TrainOpts,
 ) -> Result<(FusionModel, TrainReport, PathBuf)> {
+    train_and_save_with(p, embed, opts, opts.seed)
+}
+
+/// [`train_and_save`] with the initial weights and batch order drawn from `init_seed` (the
+/// split still comes from `opts.seed`): another member of a seed ensemble.
+pub(crate) fn train_and_save_with(
+    p: &Prepared,
+    embed: &EmbedOpts,
+    opts: &TrainOpts,
+    init_seed: u64,
+) -> Result<(FusionModel, TrainReport, PathBuf)> {
     let config = p.fusion_config(opts)?;
     let start = Instant::now();
     let bar = crate::progress::bar(opts.epochs as u64, "training", "epochs");
+    let tc = TrainConfig { seed: init_seed, ..train_config(opts) };
     let (model, tensors, report) =
-        imsearch_fusion::train(config, &train_config(opts), &p.images, &p.texts, &p.train, &p.validation, |e| {
+        imsearch_fusion::train(config, &tc, &p.images, &p.texts, &p.train, &p.validation, |e| {
             bar.inc(1);
             bar.suspend(|| {
                 println!(
@@ -275,7 +326,7 @@ pub(crate) fn train_and_save(
         })?;
     bar.finish_and_clear();
     println!("trained in {:.1} s", start.elapsed().as_secs_f64());
-    let dir = checkpoint_dir(embed, opts);
+    let dir = checkpoint_dir_with(embed, opts, init_seed);
     model.save(&tensors, &dir)?;
     std::fs::write(dir.join("train_report.json"), serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("failed to write {}", dir.join("train_report.json").display()))?;
@@ -285,6 +336,20 @@ pub(crate) fn train_and_save(
 /// The checkpoint folder of one training configuration: the seed and a digest of every option
 /// that changes the model, so a checkpoint is reused only for the same configuration.
 pub(crate) fn checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
+    checkpoint_dir_with(embed, opts, opts.seed)
+}
+
+/// [`checkpoint_dir`] of the model whose initial weights come from `init_seed`.
+pub(crate) fn checkpoint_dir_with(embed: &EmbedOpts, opts: &TrainOpts, init_seed: u64) -> PathBuf {
+    let dir = split_checkpoint_dir(embed, opts);
+    if init_seed == opts.seed {
+        return dir;
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).expect("a checkpoint folder name").to_owned();
+    dir.with_file_name(format!("{name}-init{init_seed}"))
+}
+
+fn split_checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
     // The compliance policy decides which pairs are trained on, so it is part of the key.
     let key = format!(
         "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
@@ -312,7 +377,18 @@ pub(crate) fn load_or_train_all(
     opts: &TrainOpts,
     retrain: bool,
 ) -> Result<FusionModel> {
-    let split_dir = checkpoint_dir(embed, opts);
+    load_or_train_all_with(p, embed, opts, retrain, opts.seed)
+}
+
+/// [`load_or_train_all`] of the model whose initial weights come from `init_seed`.
+pub(crate) fn load_or_train_all_with(
+    p: &Prepared,
+    embed: &EmbedOpts,
+    opts: &TrainOpts,
+    retrain: bool,
+    init_seed: u64,
+) -> Result<FusionModel> {
+    let split_dir = checkpoint_dir_with(embed, opts, init_seed);
     let dir = split_dir.with_file_name(format!(
         "{}-all",
         split_dir.file_name().and_then(|n| n.to_str()).expect("a checkpoint folder name")
@@ -334,7 +410,7 @@ pub(crate) fn load_or_train_all(
     all.positives.extend(&p.validation.positives);
     all.positives.extend(p.validation.pairs.iter().filter(|x| x.2 >= CONFIRMED).map(|&(i, t, _)| (t, i)));
     all.candidates.extend(&p.validation.candidates);
-    let tc = TrainConfig { max_epochs: epochs.max(1), ..train_config(opts) };
+    let tc = TrainConfig { max_epochs: epochs.max(1), seed: init_seed, ..train_config(opts) };
     let start = Instant::now();
     let bar = crate::progress::bar(tc.max_epochs as u64, "training on all", "epochs");
     let (model, tensors, _) =

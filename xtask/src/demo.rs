@@ -232,6 +232,8 @@ fn metrics(args: &Args, data: &Path, checkpoint: &Path, fusion_name: &str) -> Re
         no_retrain_all: true,
         no_members: false,
         fusion_seeds: 1,
+        // One split: the demo's quick evaluation.
+        validation_splits: 1,
     };
     let m = eval::evaluate(&eval_args)?;
     paths::write_atomic(&path, serde_json::to_string_pretty(&m)?.as_bytes())?;

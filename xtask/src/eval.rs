@@ -16,9 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::{
+    embed::EmbedOpts,
     embed::{self},
     paths,
-    train::{self, Pipeline, Prepared},
+    train::{self, Pipeline, Prepared, TrainOpts},
 };
 
 #[derive(clap::Args, Debug)]
@@ -40,10 +41,16 @@ pub(crate) struct Args {
     /// ensemble besides the model on all of them).
     #[arg(long)]
     pub(crate) no_members: bool,
+
     /// Models on every image encoder in the fusion ensemble, each from its own initial seed
     /// (the training seed, then the next ones).
     #[arg(long, default_value_t = 1)]
     pub(crate) fusion_seeds: usize,
+    /// Splits of the training images (seeds --seed, --seed + 1, ...) whose validation captions
+    /// are pooled for the ensemble's choices (the bridge's settings and the weights). The
+    /// table's validation columns are of the first.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) validation_splits: usize,
 }
 
 /// Validation figures: agreement with the labels and retrieval among validation images.
@@ -411,6 +418,14 @@ struct Bridge {
 }
 
 impl Bridge {
+    fn new(
+        encoders: Rc<Vec<(Box<dyn imsearch_vision::ImageEncoder>, usize)>>,
+        classes: Tensor,
+        temperature: f64,
+    ) -> Self {
+        Bridge { encoders, classes, temperature, text_space: ImageCache::default() }
+    }
+
     /// `(m, sum of dims)` features -> `(m, 384)` unit rows in text space.
     fn text_space(&self, images: &Tensor) -> Result<Tensor> {
         let mut probs: Option<Tensor> = None;
@@ -582,7 +597,7 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     let ds = Dataset::load(&data, Default::default())
         .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
     let emb = embed::embed_all(&ds, &args.pipeline.models.store()?, &args.pipeline.embed)?;
-    let p = Prepared::new(&ds, &emb, &args.pipeline.train)?;
+    let p = Rc::new(Prepared::new(&ds, &emb, &args.pipeline.train)?);
     p.print_counts();
 
     let mut entries = vec![Entry::new("random".into(), Rc::new(Random(args.pipeline.train.seed)), p.texts.clone())];
@@ -630,84 +645,20 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         ));
     }
 
-    let dir = train::checkpoint_dir(&args.pipeline.embed, &args.pipeline.train);
-    let fusion = match FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &Device::Cpu) {
-        Ok(model) if !args.retrain => {
-            println!("reusing the checkpoint in {}", dir.display());
-            model
-        }
-        _ => train::train_and_save(&p, &args.pipeline.embed, &args.pipeline.train)?.0,
-    };
-    // For the test set: the same configuration retrained on every training image for the
-    // number of epochs validation chose.
-    let fusion: Rc<dyn Scorer> = Rc::new(Fusion::new(fusion));
-    let fusion_all: Rc<dyn Scorer> = if args.no_retrain_all {
-        fusion.clone()
-    } else {
-        Rc::new(Fusion::new(train::load_or_train_all(&p, &args.pipeline.embed, &args.pipeline.train, args.retrain)?))
-    };
-    entries.push(Entry {
-        name: format!("fusion {} + {}", p.image_encoder, embed::TEXT_MODEL),
-        scorer: fusion.clone(),
-        test_scorer: fusion_all.clone(),
-        texts: p.texts.clone(),
-    });
-
-    // One more fusion model per image encoder, when there are several: the members of the
-    // fusion ensemble, next to the model on all of them.
-    let mut members: Vec<(Rc<dyn Scorer>, Rc<dyn Scorer>)> = vec![(fusion.clone(), fusion_all.clone())];
-    // More seeds of the model on every encoder: the same split, other initial weights and batch
-    // orders.
-    for k in 1..args.fusion_seeds.max(1) {
-        let init_seed = args.pipeline.train.seed + k as u64;
-        let dir = train::checkpoint_dir_with(&args.pipeline.embed, &args.pipeline.train, init_seed);
-        let model = match FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &Device::Cpu) {
-            Ok(model) if !args.retrain => model,
-            _ => train::train_and_save_with(&p, &args.pipeline.embed, &args.pipeline.train, init_seed)?.0,
-        };
-        let all = if args.no_retrain_all {
-            model.clone()
-        } else {
-            train::load_or_train_all_with(&p, &args.pipeline.embed, &args.pipeline.train, args.retrain, init_seed)?
-        };
-        let scorer: Rc<dyn Scorer> = Rc::new(Fusion::new(model));
-        let test_scorer: Rc<dyn Scorer> = Rc::new(Fusion::new(all));
+    // The fusion models: trained on the split, and (for the test set) the same configuration
+    // retrained on every training image for the number of epochs validation chose.
+    let members = fusion_members(&p, args, &args.pipeline.train, !args.no_retrain_all)?;
+    for m in &members {
         entries.push(Entry {
-            name: format!("fusion {} + {}, initial seed {init_seed}", p.image_encoder, embed::TEXT_MODEL),
-            scorer: scorer.clone(),
-            test_scorer: test_scorer.clone(),
+            name: m.name.clone(),
+            scorer: m.scorer.clone(),
+            test_scorer: m.test_scorer.clone(),
             texts: p.texts.clone(),
         });
-        members.push((scorer, test_scorer));
-    }
-    if p.image_parts.len() > 1 && !args.no_members {
-        for part in 0..p.image_parts.len() {
-            let (mp, membed) = p.only(part, &args.pipeline.embed)?;
-            let dir = train::checkpoint_dir(&membed, &args.pipeline.train);
-            let model = match FusionModel::load(&dir, &mp.image_encoder, embed::TEXT_MODEL, &Device::Cpu) {
-                Ok(model) if !args.retrain => model,
-                _ => train::train_and_save(&mp, &membed, &args.pipeline.train)?.0,
-            };
-            let all = if args.no_retrain_all {
-                model.clone()
-            } else {
-                train::load_or_train_all(&mp, &membed, &args.pipeline.train, args.retrain)?
-            };
-            let (offset, dim) = p.columns(part);
-            let scorer: Rc<dyn Scorer> = Rc::new(Columns::new(Rc::new(Fusion::new(model)), offset, dim));
-            let test_scorer: Rc<dyn Scorer> = Rc::new(Columns::new(Rc::new(Fusion::new(all)), offset, dim));
-            entries.push(Entry {
-                name: format!("fusion {} + {}", mp.image_encoder, embed::TEXT_MODEL),
-                scorer: scorer.clone(),
-                test_scorer: test_scorer.clone(),
-                texts: p.texts.clone(),
-            });
-            members.push((scorer, test_scorer));
-        }
     }
     let fusion_models = members.len();
-    let group: Rc<dyn Scorer> = Rc::new(Ensemble { parts: members.iter().map(|m| (m.0.clone(), 1.0)).collect() });
-    let group_all: Rc<dyn Scorer> = Rc::new(Ensemble { parts: members.iter().map(|m| (m.1.clone(), 1.0)).collect() });
+    let group = fusion_group(&members, |m| &m.scorer);
+    let group_all = fusion_group(&members, |m| &m.test_scorer);
     if fusion_models > 1 {
         entries.push(Entry {
             name: format!("fusion ensemble ({fusion_models} models, equal weights)"),
@@ -719,28 +670,29 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
 
     // Neighbours among the training captions: on validation the gallery is the training side;
     // on the test set, every training image.
-    let mut gallery: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for &(t, i) in &p.train.positives {
-        gallery.entry(i).or_default().push(t);
-    }
-    let train_rows: Vec<usize> = p.train.candidates.clone();
-    let neighbours: Rc<dyn Scorer> = Rc::new(Neighbours::new(&p.images, &p.texts, gallery.clone(), &train_rows)?);
-    for &(t, i) in &p.validation.positives {
-        gallery.entry(i).or_default().push(t);
-    }
-    for &(i, t, y) in &p.validation.pairs {
-        if y >= train::CONFIRMED {
-            gallery.entry(i).or_default().push(t);
-        }
-    }
-    let all_rows: Vec<usize> = (0..p.images.dims2()?.0).collect();
-    let neighbours_all: Rc<dyn Scorer> = Rc::new(Neighbours::new(&p.images, &p.texts, gallery, &all_rows)?);
+    let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, false)?);
+    let neighbours_all: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, true)?);
     entries.push(Entry {
         name: "caption neighbours (training-free)".into(),
         scorer: neighbours.clone(),
         test_scorer: neighbours_all.clone(),
         texts: p.texts.clone(),
     });
+
+    // More splits of the training images (the next seeds), for the ensemble's choices: one
+    // split's 198 validation captions leave differences of 0.02 in MRR to chance. Each split
+    // has its own fusion models and neighbours; their validation captions are pooled.
+    let mut splits = vec![ValidationSplit::new(p.clone(), group.clone(), neighbours.clone())];
+    for k in 1..args.validation_splits.max(1) {
+        let opts = TrainOpts { seed: args.pipeline.train.seed + k as u64, ..args.pipeline.train.clone() };
+        println!("validation split {} of {} (seed {})", k + 1, args.validation_splits, opts.seed);
+        let q = Rc::new(Prepared::new(&ds, &emb, &opts)?);
+        let members = fusion_members(&q, args, &opts, false)?;
+        let group = fusion_group(&members, |m| &m.scorer);
+        let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&q, false)?);
+        splits.push(ValidationSplit::new(q, group, neighbours));
+    }
+    let pooled_queries: usize = splits.iter().map(|s| s.p.validation.positives.len()).sum();
 
     // The bridge from ImageNet classes into text space; its class texts (bare names or
     // "a photo of a ..." sentences) and its softmax temperature chosen on validation MRR.
@@ -756,26 +708,26 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     let encoders = Rc::new(encoders);
     let class_texts: [(&str, ClassKey); 2] =
         [("names", embed::imagenet_key), ("sentences", embed::imagenet_prompt_key)];
-    let mut bridge: Option<(Bridge, f64, &str)> = None;
+    let mut chosen: Option<(Tensor, f64, f64, &str)> = None;
     for (texts_name, key) in class_texts {
         let class_keys: Vec<String> = (0..1000).map(key).collect();
         let classes = embed::rows(&emb.texts, &class_keys.iter().map(String::as_str).collect::<Vec<_>>())?;
         for temperature in BRIDGE_TEMPERATURES {
-            let candidate = Bridge {
-                encoders: encoders.clone(),
-                classes: classes.clone(),
-                temperature,
-                text_space: ImageCache::default(),
-            };
-            let mrr = validation_mrr(&validation_matrix(&candidate, &p.texts, &p)?, &p);
-            println!("class bridge with class {texts_name}, temperature {temperature}: validation MRR {mrr:.3}");
-            if bridge.as_ref().is_none_or(|b| mrr > b.1) {
-                bridge = Some((candidate, mrr, texts_name));
+            let candidate: Rc<dyn Scorer> = Rc::new(Bridge::new(encoders.clone(), classes.clone(), temperature));
+            let mrr = pooled_mrr(&splits, |_| Ok(vec![candidate.clone()]), &[1.0])?;
+            println!(
+                "class bridge with class {texts_name}, temperature {temperature}: validation MRR {mrr:.3} \
+                 ({pooled_queries} captions of {} splits)",
+                splits.len()
+            );
+            if chosen.as_ref().is_none_or(|b| mrr > b.2) {
+                chosen = Some((classes.clone(), temperature, mrr, texts_name));
             }
         }
     }
-    let (bridge, _, texts_name) = bridge.context("no bridge configuration")?;
-    println!("class bridge: class {texts_name}, temperature {} (chosen on validation)", bridge.temperature);
+    let (classes, temperature, _, texts_name) = chosen.context("no bridge configuration")?;
+    println!("class bridge: class {texts_name}, temperature {temperature} (chosen on validation)");
+    let bridge = Bridge::new(encoders.clone(), classes, temperature);
     let bridge: Rc<dyn Scorer> = Rc::new(bridge);
     entries.push(Entry::new("ImageNet-class bridge (training-free)".into(), bridge.clone(), p.texts.clone()));
 
@@ -783,32 +735,33 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     // scores standardised by its scores for the bank's captions, so an image that matches
     // every text a little (a hub) no longer comes first for all of them. On validation the bank
     // is the training side's captions; on the test set, every training caption.
-    let bank = |set: &[&PairSet]| -> Result<Tensor> {
-        let rows: Vec<usize> = set
-            .iter()
-            .flat_map(|s| s.positives.iter().map(|x| x.0))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        Ok(p.texts.index_select(&index(&rows)?, 0)?)
-    };
-    let (bank_train, bank_all) = (bank(&[&p.train])?, bank(&[&p.train, &p.validation])?);
     let normalised =
         |s: &Rc<dyn Scorer>, bank: &Tensor| -> Rc<dyn Scorer> { Rc::new(BankNormalised::new(s.clone(), bank.clone())) };
-    let neighbours_bn = (normalised(&neighbours, &bank_train), normalised(&neighbours_all, &bank_all));
-    let bridge_bn = (normalised(&bridge, &bank_train), normalised(&bridge, &bank_all));
+    let bank_all = caption_bank(&p, &[&p.train, &p.validation])?;
+    let neighbours_bn_all = normalised(&neighbours_all, &bank_all);
+    let bridge_bn_all = normalised(&bridge, &bank_all);
+    for split in &mut splits {
+        let bank = caption_bank(&split.p, &[&split.p.train])?;
+        split.parts = vec![split.group.clone(), normalised(&split.neighbours, &bank), normalised(&bridge, &bank)];
+    }
 
-    // The ensemble's weights, chosen on validation MRR.
-    let (w, mrr) = choose_weights(&p, &[group.clone(), neighbours_bn.0.clone(), bridge_bn.0.clone()])?;
+    // The ensemble's weights, chosen on the pooled validation captions.
+    let (w, mrr) = choose_weights(&splits)?;
+    let primary = validation_mrr(&combine(&splits[0].matrices()?, &w), &p);
     println!(
         "ensemble: fusion models 1.00, caption neighbours {:.2}, class bridge {:.2} (both bank-normalised; \
-         validation MRR {mrr:.3})",
-        w[1], w[2]
+         validation MRR {mrr:.3} over {pooled_queries} captions of {} splits, {primary:.3} on the first)",
+        w[1],
+        w[2],
+        splits.len()
     );
+    let parts = splits[0].parts.clone();
     entries.push(Entry {
         name: "ensemble: fusion models + caption neighbours + class bridge".into(),
-        scorer: Rc::new(Ensemble { parts: vec![(group, 1.0), (neighbours_bn.0, w[1]), (bridge_bn.0, w[2])] }),
-        test_scorer: Rc::new(Ensemble { parts: vec![(group_all, 1.0), (neighbours_bn.1, w[1]), (bridge_bn.1, w[2])] }),
+        scorer: Rc::new(Ensemble { parts: parts.into_iter().zip(w.iter().copied()).collect() }),
+        test_scorer: Rc::new(Ensemble {
+            parts: vec![(group_all, w[0]), (neighbours_bn_all, w[1]), (bridge_bn_all, w[2])],
+        }),
         texts: p.texts.clone(),
     });
 
@@ -899,16 +852,19 @@ fn validation_mrr(scores: &[Vec<f32>], p: &Prepared) -> f64 {
     RetrievalMetrics::from_ranks(&validation_ranks(scores, p)).map_or(0.0, |r| r.mrr)
 }
 
-/// The weights of the other scorers against the first (weight 1) that maximise validation MRR,
-/// on a grid of 0 to 3 in steps of 0.25; the earlier grid point wins ties.
-fn choose_weights(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(Vec<f32>, f64)> {
-    let mats = scorers.iter().map(|s| validation_matrix(s.as_ref(), &p.texts, p)).collect::<Result<Vec<_>>>()?;
+/// The weights of the other parts against the first (weight 1) that maximise the validation MRR
+/// pooled over `splits`, on a grid of 0 to 3 in steps of 0.25; the earlier grid point wins ties.
+fn choose_weights(splits: &[ValidationSplit]) -> Result<(Vec<f32>, f64)> {
+    let mats = splits.iter().map(|s| s.matrices()).collect::<Result<Vec<_>>>()?;
+    let n = splits[0].parts.len();
     let grid: Vec<f32> = (0..=12).map(|step| step as f32 * 0.25).collect();
-    let mut best = (vec![1.0; scorers.len()], f64::NEG_INFINITY);
-    let mut weights = vec![0usize; scorers.len() - 1];
+    let mut best = (vec![1.0; n], f64::NEG_INFINITY);
+    let mut weights = vec![0usize; n - 1];
     loop {
         let w: Vec<f32> = std::iter::once(1.0).chain(weights.iter().map(|&i| grid[i])).collect();
-        let mrr = validation_mrr(&combine(&mats, &w), p);
+        let ranks: Vec<usize> =
+            splits.iter().zip(&mats).flat_map(|(s, m)| validation_ranks(&combine(m, &w), &s.p)).collect();
+        let mrr = RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr);
         if mrr > best.1 {
             best = (w, mrr);
         }
@@ -918,6 +874,135 @@ fn choose_weights(p: &Prepared, scorers: &[Rc<dyn Scorer>]) -> Result<(Vec<f32>,
         weights[..k].iter_mut().for_each(|i| *i = 0);
     }
     Ok(best)
+}
+
+/// One split of the training images for validation: its pairs, its fusion ensemble and
+/// neighbours, and the ensemble's parts built on them.
+struct ValidationSplit {
+    p: Rc<Prepared>,
+    group: Rc<dyn Scorer>,
+    neighbours: Rc<dyn Scorer>,
+    /// The ensemble's parts on this split, in weight order.
+    parts: Vec<Rc<dyn Scorer>>,
+}
+
+impl ValidationSplit {
+    fn new(p: Rc<Prepared>, group: Rc<dyn Scorer>, neighbours: Rc<dyn Scorer>) -> Self {
+        ValidationSplit { p, group, neighbours, parts: Vec::new() }
+    }
+
+    /// Each part's validation matrix.
+    fn matrices(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.parts.iter().map(|s| validation_matrix(s.as_ref(), &self.p.texts, &self.p)).collect()
+    }
+}
+
+/// Validation MRR pooled over the captions of every split, of `scorers(split)` combined with
+/// `weights`.
+fn pooled_mrr(
+    splits: &[ValidationSplit],
+    scorers: impl Fn(&ValidationSplit) -> Result<Vec<Rc<dyn Scorer>>>,
+    weights: &[f32],
+) -> Result<f64> {
+    let mut ranks = Vec::new();
+    for split in splits {
+        let mats = scorers(split)?
+            .iter()
+            .map(|s| validation_matrix(s.as_ref(), &split.p.texts, &split.p))
+            .collect::<Result<Vec<_>>>()?;
+        ranks.extend(validation_ranks(&combine(&mats, weights), &split.p));
+    }
+    Ok(RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr))
+}
+
+/// A fusion model of the ensemble: its name in the table, its scorer for validation and its
+/// scorer for the test set (retrained on every training image, or the same).
+struct Member {
+    name: String,
+    scorer: Rc<dyn Scorer>,
+    test_scorer: Rc<dyn Scorer>,
+}
+
+/// The fusion models of one split: the model on every image encoder, `--fusion-seeds` - 1 more
+/// of it from the next initial seeds, and one model per image encoder when there are several.
+/// Checkpoints are reused unless `--retrain`; `with_all` adds each one's all-images twin.
+fn fusion_members(p: &Prepared, args: &Args, opts: &TrainOpts, with_all: bool) -> Result<Vec<Member>> {
+    let load_or_train = |p: &Prepared, embed: &EmbedOpts, init_seed: u64| -> Result<Member> {
+        let dir = train::checkpoint_dir_with(embed, opts, init_seed);
+        let model = match FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &Device::Cpu) {
+            Ok(model) if !args.retrain => {
+                println!("reusing the checkpoint in {}", dir.display());
+                model
+            }
+            _ => train::train_and_save_with(p, embed, opts, init_seed)?.0,
+        };
+        let all = if with_all {
+            train::load_or_train_all_with(p, embed, opts, args.retrain, init_seed)?
+        } else {
+            model.clone()
+        };
+        let mut name = format!("fusion {} + {}", p.image_encoder, embed::TEXT_MODEL);
+        if init_seed != opts.seed {
+            name += &format!(", initial seed {init_seed}");
+        }
+        Ok(Member { name, scorer: Rc::new(Fusion::new(model)), test_scorer: Rc::new(Fusion::new(all)) })
+    };
+    let embed = &args.pipeline.embed;
+    let mut members = Vec::new();
+    for k in 0..args.fusion_seeds.max(1) {
+        members.push(load_or_train(p, embed, opts.seed + k as u64)?);
+    }
+    if p.image_parts.len() > 1 && !args.no_members {
+        for part in 0..p.image_parts.len() {
+            let (mp, membed) = p.only(part, embed)?;
+            let m = load_or_train(&mp, &membed, opts.seed)?;
+            let (offset, dim) = p.columns(part);
+            members.push(Member {
+                name: m.name,
+                scorer: Rc::new(Columns::new(m.scorer, offset, dim)),
+                test_scorer: Rc::new(Columns::new(m.test_scorer, offset, dim)),
+            });
+        }
+    }
+    Ok(members)
+}
+
+/// The members' z-scores averaged with equal weights.
+fn fusion_group(members: &[Member], side: impl Fn(&Member) -> &Rc<dyn Scorer>) -> Rc<dyn Scorer> {
+    Rc::new(Ensemble { parts: members.iter().map(|m| (side(m).clone(), 1.0)).collect() })
+}
+
+/// Caption neighbours whose gallery is the training side of the split, or (`all`) every
+/// training image with the validation side's captions and confirmed pairs too.
+fn neighbours_of(p: &Prepared, all: bool) -> Result<Neighbours> {
+    let mut gallery: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(t, i) in &p.train.positives {
+        gallery.entry(i).or_default().push(t);
+    }
+    if !all {
+        return Neighbours::new(&p.images, &p.texts, gallery, &p.train.candidates);
+    }
+    for &(t, i) in &p.validation.positives {
+        gallery.entry(i).or_default().push(t);
+    }
+    for &(i, t, y) in &p.validation.pairs {
+        if y >= train::CONFIRMED {
+            gallery.entry(i).or_default().push(t);
+        }
+    }
+    let all_rows: Vec<usize> = (0..p.images.dims2()?.0).collect();
+    Neighbours::new(&p.images, &p.texts, gallery, &all_rows)
+}
+
+/// The MiniLM rows of the distinct captions of `sets`' positives.
+fn caption_bank(p: &Prepared, sets: &[&PairSet]) -> Result<Tensor> {
+    let rows: Vec<usize> = sets
+        .iter()
+        .flat_map(|s| s.positives.iter().map(|x| x.0))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(p.texts.index_select(&index(&rows)?, 0)?)
 }
 
 fn validate(e: &Entry, p: &Prepared) -> Result<Validation> {

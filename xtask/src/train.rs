@@ -48,6 +48,22 @@ pub(crate) struct TrainOpts {
     pub(crate) contrastive_weight: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub(crate) learning_rate: f64,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 1e-2)]
+    pub(crate) weight_decay: f64,
+    /// Temperature of the contrastive softmax.
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) temperature: f64,
+    /// Distinct images (one caption each) per contrastive step.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) contrastive_batch: usize,
+    /// Share of the input features zeroed in each training row.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) input_dropout: f64,
+    /// Keep the text side in MiniLM's space (no text projection; the shared space is 384-d and
+    /// --shared-dim is ignored).
+    #[arg(long)]
+    pub(crate) locked_text: bool,
 }
 
 /// The dataset, the model cache and the embedding and training options: what every job that
@@ -262,7 +278,8 @@ impl Prepared {
             image_dim: self.images.dims2()?.1,
             text_dim: self.texts.dims2()?.1,
             hidden_dim: opts.hidden_dim,
-            shared_dim: opts.shared_dim,
+            shared_dim: if opts.locked_text { self.texts.dims2()?.1 } else { opts.shared_dim },
+            locked_text: opts.locked_text,
         })
     }
 }
@@ -289,6 +306,10 @@ pub(crate) fn train_config(opts: &TrainOpts) -> TrainConfig {
         max_epochs: opts.epochs,
         contrastive_weight: opts.contrastive_weight,
         learning_rate: opts.learning_rate,
+        weight_decay: opts.weight_decay,
+        temperature: opts.temperature,
+        contrastive_batch: opts.contrastive_batch,
+        input_dropout: opts.input_dropout,
         ..TrainConfig::default()
     }
 }
@@ -370,17 +391,7 @@ pub(crate) fn caption_texts(ds: &Dataset) -> BTreeMap<QueryId, String> {
 }
 
 /// The configuration of `opts` retrained on every training image (both sides of the split) for
-/// the number of epochs early stopping chose on validation; cached beside the split checkpoint.
-pub(crate) fn load_or_train_all(
-    p: &Prepared,
-    embed: &EmbedOpts,
-    opts: &TrainOpts,
-    retrain: bool,
-) -> Result<FusionModel> {
-    load_or_train_all_with(p, embed, opts, retrain, opts.seed)
-}
-
-/// [`load_or_train_all`] of the model whose initial weights come from `init_seed`.
+/// the number of epochs early stopping chose on validation, from `init_seed`; cached beside the split checkpoint.
 pub(crate) fn load_or_train_all_with(
     p: &Prepared,
     embed: &EmbedOpts,

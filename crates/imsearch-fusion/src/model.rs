@@ -22,6 +22,10 @@ pub struct FusionConfig {
     pub hidden_dim: usize,
     /// Dimension of the shared space.
     pub shared_dim: usize,
+    /// The text side is the text encoder's space itself (unit rows, no parameters; the shared
+    /// space is `text_dim` wide): only the image side learns, so queries keep the text
+    /// encoder's sense of similarity.
+    pub locked_text: bool,
 }
 
 impl Default for FusionConfig {
@@ -33,6 +37,7 @@ impl Default for FusionConfig {
             text_dim: 384,
             hidden_dim: 512,
             shared_dim: 256,
+            locked_text: false,
         }
     }
 }
@@ -47,13 +52,15 @@ impl FusionConfig {
     }
 }
 
-/// Standardisation followed by an MLP (or a linear map) into the shared space, L2-normalised.
+/// Standardisation followed by an MLP (or a linear map) into the shared space, L2-normalised;
+/// or, locked, the input itself L2-normalised.
 #[derive(Debug, Clone)]
 pub struct Projection {
-    mean: Tensor,
-    inv_std: Tensor,
+    /// Mean and inverse standard deviation of each input feature; `None` when locked.
+    stats: Option<(Tensor, Tensor)>,
     hidden: Option<Linear>,
-    out: Linear,
+    /// `None` when locked.
+    out: Option<Linear>,
 }
 
 impl Projection {
@@ -68,7 +75,12 @@ impl Projection {
         } else {
             (None, candle_nn::linear(in_dim, shared_dim, vb.pp("out"))?)
         };
-        Ok(Projection { mean, inv_std, hidden, out })
+        Ok(Projection { stats: Some((mean, inv_std)), hidden, out: Some(out) })
+    }
+
+    /// The identity on unit rows: no parameters.
+    pub fn locked() -> Self {
+        Projection { stats: None, hidden: None, out: None }
     }
 
     /// `(n, in_dim) -> (n, shared_dim)`, each row of unit length.
@@ -80,16 +92,20 @@ impl Projection {
     /// first (row by row, so standardising a matrix once and selecting rows later gives the
     /// same numbers).
     pub fn standardise(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        xs.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)
+        match &self.stats {
+            Some((mean, inv_std)) => xs.broadcast_sub(mean)?.broadcast_mul(inv_std),
+            None => Ok(xs.clone()),
+        }
     }
 
     /// [`Projection::forward`] of inputs already passed through [`Projection::standardise`].
     pub fn forward_standardised(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        let Some(out) = &self.out else { return l2_normalise(xs) };
         let xs = match &self.hidden {
             Some(h) => h.forward(xs)?.gelu()?,
             None => xs.clone(),
         };
-        l2_normalise(&self.out.forward(&xs)?)
+        l2_normalise(&out.forward(&xs)?)
     }
 
     /// [`Projection::forward_standardised`] for training, where the inputs are constants: the
@@ -98,13 +114,14 @@ impl Projection {
     /// of the input, which nothing reads, and adds the weight's gradient in transposed layout
     /// element by element: together about a third of a training step.)
     pub fn forward_standardised_train(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        let first = self.hidden.as_ref().unwrap_or(&self.out);
+        let Some(out) = &self.out else { return l2_normalise(xs) };
+        let first = self.hidden.as_ref().unwrap_or(out);
         let mut h = first.weight().apply_op1(ConstantInputLinear { xs: xs.detach() })?;
         if let Some(b) = first.bias() {
             h = h.broadcast_add(b)?;
         }
         match &self.hidden {
-            Some(_) => l2_normalise(&self.out.forward(&h.apply_op1(Gelu)?)?),
+            Some(_) => l2_normalise(&out.forward(&h.apply_op1(Gelu)?)?),
             None => l2_normalise(&h),
         }
     }
@@ -212,7 +229,18 @@ pub struct FusionModel {
 impl FusionModel {
     pub fn new(config: FusionConfig, vb: VarBuilder) -> candle::Result<Self> {
         let image = Projection::new(config.image_dim, config.hidden_dim, config.shared_dim, vb.pp("image"))?;
-        let text = Projection::new(config.text_dim, config.hidden_dim, config.shared_dim, vb.pp("text"))?;
+        let text = if config.locked_text {
+            if config.shared_dim != config.text_dim {
+                candle::bail!(
+                    "a locked text side needs a shared space as wide as the text ({}), not {}",
+                    config.text_dim,
+                    config.shared_dim
+                );
+            }
+            Projection::locked()
+        } else {
+            Projection::new(config.text_dim, config.hidden_dim, config.shared_dim, vb.pp("text"))?
+        };
         let scale = vb.get(1, "calibration.scale")?;
         let offset = vb.get(1, "calibration.offset")?;
         Ok(FusionModel { config, image, text, scale, offset })

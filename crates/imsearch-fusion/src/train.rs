@@ -29,6 +29,9 @@ pub struct TrainConfig {
     pub contrastive_weight: f64,
     /// Temperature of the contrastive softmax.
     pub temperature: f64,
+    /// Share of the standardised input features zeroed in each training row (the rest scaled
+    /// up to keep the mean); 0 for none.
+    pub input_dropout: f64,
 }
 
 impl Default for TrainConfig {
@@ -43,6 +46,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-2,
             contrastive_weight: 4.0,
             temperature: 0.05,
+            input_dropout: 0.0,
         }
     }
 }
@@ -107,8 +111,10 @@ pub fn train(
     let mut fixed: HashMap<String, Tensor> = HashMap::new();
     fixed.insert("image.mean".into(), img_mean);
     fixed.insert("image.inv_std".into(), img_inv_std);
-    fixed.insert("text.mean".into(), txt_mean);
-    fixed.insert("text.inv_std".into(), txt_inv_std);
+    if !config.locked_text {
+        fixed.insert("text.mean".into(), txt_mean);
+        fixed.insert("text.inv_std".into(), txt_inv_std);
+    }
     let vars = init_vars(&config, &mut rng, &device)?;
     let model = build(&config, &fixed, &vars, &device)?;
     // Standardised once: every step selects rows of these (the same numbers as standardising
@@ -170,8 +176,10 @@ pub fn train(
             }
             let img_rows: Vec<usize> = ui.iter().chain(&contrastive.0).copied().collect();
             let txt_rows: Vec<usize> = ut.iter().chain(&contrastive.1).copied().collect();
-            let img = image_side.forward_standardised_train(&images.index_select(&index(&img_rows, &device)?, 0)?)?;
-            let txt = text_side.forward_standardised_train(&texts.index_select(&index(&txt_rows, &device)?, 0)?)?;
+            let img_in = dropout(images.index_select(&index(&img_rows, &device)?, 0)?, tc.input_dropout, &mut rng)?;
+            let txt_in = dropout(texts.index_select(&index(&txt_rows, &device)?, 0)?, tc.input_dropout, &mut rng)?;
+            let img = image_side.forward_standardised_train(&img_in)?;
+            let txt = text_side.forward_standardised_train(&txt_in)?;
             let mut loss = Tensor::zeros((), DType::F32, &device)?;
             if !y.is_empty() {
                 let img_p = img.narrow(0, 0, ui.len())?.index_select(&index(&at_i, &device)?, 0)?;
@@ -268,7 +276,12 @@ fn init_vars(config: &FusionConfig, rng: &mut ChaCha8Rng, device: &Device) -> Re
         vars.insert(format!("{name}.bias"), Var::zeros(fan_out, DType::F32, device)?);
         Ok(())
     };
-    for (side, dim) in [("image", config.image_dim), ("text", config.text_dim)] {
+    let sides: &[(&str, usize)] = if config.locked_text {
+        &[("image", config.image_dim)]
+    } else {
+        &[("image", config.image_dim), ("text", config.text_dim)]
+    };
+    for &(side, dim) in sides {
         if config.hidden_dim > 0 {
             linear(&format!("{side}.hidden"), dim, config.hidden_dim, rng)?;
             linear(&format!("{side}.out"), config.hidden_dim, config.shared_dim, rng)?;
@@ -322,6 +335,17 @@ fn check(config: &FusionConfig, images: &Tensor, texts: &Tensor, set: &PairSet, 
         return Err(Error::Data(format!("{side} set has a row out of range or a label outside 0..1")));
     }
     Ok(())
+}
+
+/// Inverted dropout with a mask from `rng` (so training stays reproducible); `xs` itself when
+/// `p` is 0, without drawing from `rng`.
+fn dropout(xs: Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(xs);
+    }
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
+    Ok((xs.clone() * Tensor::from_vec(mask, xs.shape(), xs.device())?)?)
 }
 
 fn unique(it: impl Iterator<Item = usize>) -> Vec<usize> {
@@ -409,7 +433,40 @@ mod tests {
             text_dim: 6,
             hidden_dim: 16,
             shared_dim: 8,
+            locked_text: false,
         }
+    }
+
+    #[test]
+    fn a_locked_text_side_has_no_parameters_and_still_learns() {
+        let device = Device::Cpu;
+        let (images, texts, tr, va) = world(&device);
+        let tc = TrainConfig {
+            max_epochs: 60,
+            patience: 60,
+            batch_size: 16,
+            contrastive_batch: 10,
+            learning_rate: 1e-2,
+            ..Default::default()
+        };
+        let wrong = FusionConfig { locked_text: true, ..config() };
+        assert!(train(wrong, &tc, &images, &texts, &tr, &va, |_| {}).is_err(), "shared space wider than the text");
+        let locked = FusionConfig { locked_text: true, shared_dim: 6, ..config() };
+        let (model, tensors, report) = train(locked, &tc, &images, &texts, &tr, &va, |_| {}).unwrap();
+        assert!(tensors.keys().all(|k| !k.starts_with("text.")), "{:?}", tensors.keys());
+        assert!(report.best_validation_mrr > 0.6, "{report:?}");
+        // The text side is the input itself, on the unit sphere.
+        let t = model.embed_texts(&texts).unwrap();
+        let unit = texts.broadcast_div(&texts.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap()).unwrap();
+        let diff = (t - unit).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let dir = tempfile::tempdir().unwrap();
+        model.save(&tensors, dir.path()).unwrap();
+        let loaded = FusionModel::load(dir.path(), "toy-img", "toy-txt", &device).unwrap();
+        assert_eq!(
+            loaded.score_matrix(&images, &texts).unwrap().to_vec2::<f32>().unwrap(),
+            model.score_matrix(&images, &texts).unwrap().to_vec2::<f32>().unwrap()
+        );
     }
 
     #[test]
@@ -459,6 +516,24 @@ mod tests {
         cfg.image_dim = 9;
         let (_, _, tr, _) = world(&device);
         assert!(train(cfg, &TrainConfig::default(), &images, &texts, &tr, &va, |_| {}).is_err());
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_keeps_the_mean() {
+        let xs = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let a = dropout(xs.clone(), 0.25, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let b = dropout(xs.clone(), 0.25, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        let zeros = a.iter().filter(|&&v| v == 0.0).count();
+        assert!((2200..2800).contains(&zeros), "{zeros} of 10000 zeroed at p = 0.25");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+        // p = 0 draws nothing and returns the input.
+        let before = rng.clone();
+        let same = dropout(xs.clone(), 0.0, &mut rng).unwrap();
+        assert_eq!(rng, before);
+        assert_eq!(same.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 10000]);
     }
 
     #[test]

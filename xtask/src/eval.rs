@@ -329,7 +329,13 @@ type Votes = Vec<Vec<(usize, f32)>>;
 
 impl Neighbours {
     /// `gallery` pairs each training image row (of `images`) with the text rows of its captions.
-    fn new(images: &Tensor, texts: &Tensor, gallery: BTreeMap<usize, Vec<usize>>, fit_rows: &[usize]) -> Result<Self> {
+    fn new(
+        images: &Tensor,
+        texts: &Tensor,
+        gallery: BTreeMap<usize, Vec<usize>>,
+        fit_rows: &[usize],
+        hood: Neighbourhood,
+    ) -> Result<Self> {
         let fit = images.index_select(&index(fit_rows)?, 0)?;
         let mean = fit.mean(0)?;
         let inv_std = (fit.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()? + 1e-6)?.recip()?;
@@ -344,8 +350,8 @@ impl Neighbours {
             gallery: Tensor::zeros((1, 1), DType::F32, &Device::Cpu)?,
             captions: gallery.into_values().map(|c| c.iter().map(|r| at[r]).collect()).collect(),
             texts: texts.index_select(&index(&caption_rows)?, 0)?,
-            k: 10,
-            temperature: 0.05,
+            k: hood.k,
+            temperature: hood.temperature,
             votes: ImageCache::default(),
         };
         n.gallery = n.normalise(&images.index_select(&index(&rows)?, 0)?)?;
@@ -668,29 +674,17 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         });
     }
 
-    // Neighbours among the training captions: on validation the gallery is the training side;
-    // on the test set, every training image.
-    let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, false)?);
-    let neighbours_all: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, true)?);
-    entries.push(Entry {
-        name: "caption neighbours (training-free)".into(),
-        scorer: neighbours.clone(),
-        test_scorer: neighbours_all.clone(),
-        texts: p.texts.clone(),
-    });
-
     // More splits of the training images (the next seeds), for the ensemble's choices: one
     // split's 198 validation captions leave differences of 0.02 in MRR to chance. Each split
     // has its own fusion models and neighbours; their validation captions are pooled.
-    let mut splits = vec![ValidationSplit::new(p.clone(), group.clone(), neighbours.clone())];
+    let mut splits = vec![ValidationSplit::new(p.clone(), group.clone())];
     for k in 1..args.validation_splits.max(1) {
         let opts = TrainOpts { seed: args.pipeline.train.seed + k as u64, ..args.pipeline.train.clone() };
         println!("validation split {} of {} (seed {})", k + 1, args.validation_splits, opts.seed);
         let q = Rc::new(Prepared::new(&ds, &emb, &opts)?);
         let members = fusion_members(&q, args, &opts, false)?;
         let group = fusion_group(&members, |m| &m.scorer);
-        let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&q, false)?);
-        splits.push(ValidationSplit::new(q, group, neighbours));
+        splits.push(ValidationSplit::new(q, group));
     }
     let pooled_queries: usize = splits.iter().map(|s| s.p.validation.positives.len()).sum();
 
@@ -737,25 +731,61 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     // is the training side's captions; on the test set, every training caption.
     let normalised =
         |s: &Rc<dyn Scorer>, bank: &Tensor| -> Rc<dyn Scorer> { Rc::new(BankNormalised::new(s.clone(), bank.clone())) };
+    let banks = splits.iter().map(|s| caption_bank(&s.p, &[&s.p.train])).collect::<Result<Vec<_>>>()?;
+    let bridge_bn: Vec<Rc<dyn Scorer>> = banks.iter().map(|b| normalised(&bridge, b)).collect();
+
+    // Neighbours among the training captions: on validation the gallery is the training side;
+    // on the test set, every training image. How many neighbours vote, and how sharply their
+    // softmax weights favour the nearest, are chosen with the ensemble's weights, on the pooled
+    // validation captions.
+    type Chosen = (Neighbourhood, Vec<f32>, f64, Vec<Rc<dyn Scorer>>);
+    let mut best: Option<Chosen> = None;
+    for k in NEIGHBOURS_K {
+        for temperature in NEIGHBOURS_TEMPERATURES {
+            let hood = Neighbourhood { k, temperature };
+            for ((split, bank), bridge) in splits.iter_mut().zip(&banks).zip(&bridge_bn) {
+                let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&split.p, false, hood)?);
+                split.parts = vec![split.group.clone(), normalised(&neighbours, bank), bridge.clone()];
+            }
+            let (w, mrr) = choose_weights(&splits)?;
+            println!(
+                "caption neighbours: {k} at temperature {temperature}: ensemble weights {:.2} / {:.2} / {:.2}, \
+                 validation MRR {mrr:.3}",
+                w[0], w[1], w[2]
+            );
+            if best.as_ref().is_none_or(|b| mrr > b.2) {
+                best = Some((hood, w, mrr, splits[0].parts.clone()));
+            }
+        }
+    }
+    let (hood, w, mrr, parts) = best.context("no neighbours setting")?;
+    let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, false, hood)?);
+    let neighbours_all: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, true, hood)?);
+    entries.push(Entry {
+        name: "caption neighbours (training-free)".into(),
+        scorer: neighbours.clone(),
+        test_scorer: neighbours_all.clone(),
+        texts: p.texts.clone(),
+    });
     let bank_all = caption_bank(&p, &[&p.train, &p.validation])?;
     let neighbours_bn_all = normalised(&neighbours_all, &bank_all);
     let bridge_bn_all = normalised(&bridge, &bank_all);
-    for split in &mut splits {
-        let bank = caption_bank(&split.p, &[&split.p.train])?;
-        split.parts = vec![split.group.clone(), normalised(&split.neighbours, &bank), normalised(&bridge, &bank)];
-    }
 
-    // The ensemble's weights, chosen on the pooled validation captions.
-    let (w, mrr) = choose_weights(&splits)?;
-    let primary = validation_mrr(&combine(&splits[0].matrices()?, &w), &p);
+    // The ensemble: the weights chosen above, on the pooled validation captions.
+    let primary = validation_mrr(
+        &combine(&parts.iter().map(|s| validation_matrix(s.as_ref(), &p.texts, &p)).collect::<Result<Vec<_>>>()?, &w),
+        &p,
+    );
     println!(
-        "ensemble: fusion models 1.00, caption neighbours {:.2}, class bridge {:.2} (both bank-normalised; \
-         validation MRR {mrr:.3} over {pooled_queries} captions of {} splits, {primary:.3} on the first)",
+        "ensemble: fusion models 1.00, caption neighbours {:.2} ({} at temperature {}), class bridge {:.2} \
+         (both bank-normalised; validation MRR {mrr:.3} over {pooled_queries} captions of {} splits, {primary:.3} on \
+         the first)",
         w[1],
+        hood.k,
+        hood.temperature,
         w[2],
         splits.len()
     );
-    let parts = splits[0].parts.clone();
     entries.push(Entry {
         name: "ensemble: fusion models + caption neighbours + class bridge".into(),
         scorer: Rc::new(Ensemble { parts: parts.into_iter().zip(w.iter().copied()).collect() }),
@@ -876,19 +906,18 @@ fn choose_weights(splits: &[ValidationSplit]) -> Result<(Vec<f32>, f64)> {
     Ok(best)
 }
 
-/// One split of the training images for validation: its pairs, its fusion ensemble and
-/// neighbours, and the ensemble's parts built on them.
+/// One split of the training images for validation: its pairs, its fusion ensemble, and the
+/// ensemble's parts built on them.
 struct ValidationSplit {
     p: Rc<Prepared>,
     group: Rc<dyn Scorer>,
-    neighbours: Rc<dyn Scorer>,
     /// The ensemble's parts on this split, in weight order.
     parts: Vec<Rc<dyn Scorer>>,
 }
 
 impl ValidationSplit {
-    fn new(p: Rc<Prepared>, group: Rc<dyn Scorer>, neighbours: Rc<dyn Scorer>) -> Self {
-        ValidationSplit { p, group, neighbours, parts: Vec::new() }
+    fn new(p: Rc<Prepared>, group: Rc<dyn Scorer>) -> Self {
+        ValidationSplit { p, group, parts: Vec::new() }
     }
 
     /// Each part's validation matrix.
@@ -972,15 +1001,26 @@ fn fusion_group(members: &[Member], side: impl Fn(&Member) -> &Rc<dyn Scorer>) -
     Rc::new(Ensemble { parts: members.iter().map(|m| (side(m).clone(), 1.0)).collect() })
 }
 
+/// How many gallery images vote for an image, and the temperature of their softmax weights.
+#[derive(Debug, Clone, Copy)]
+struct Neighbourhood {
+    k: usize,
+    temperature: f32,
+}
+
+/// The neighbourhoods tried on validation.
+const NEIGHBOURS_K: [usize; 4] = [5, 10, 20, 40];
+const NEIGHBOURS_TEMPERATURES: [f32; 4] = [0.02, 0.05, 0.1, 1.0];
+
 /// Caption neighbours whose gallery is the training side of the split, or (`all`) every
 /// training image with the validation side's captions and confirmed pairs too.
-fn neighbours_of(p: &Prepared, all: bool) -> Result<Neighbours> {
+fn neighbours_of(p: &Prepared, all: bool, hood: Neighbourhood) -> Result<Neighbours> {
     let mut gallery: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for &(t, i) in &p.train.positives {
         gallery.entry(i).or_default().push(t);
     }
     if !all {
-        return Neighbours::new(&p.images, &p.texts, gallery, &p.train.candidates);
+        return Neighbours::new(&p.images, &p.texts, gallery, &p.train.candidates, hood);
     }
     for &(t, i) in &p.validation.positives {
         gallery.entry(i).or_default().push(t);
@@ -991,7 +1031,7 @@ fn neighbours_of(p: &Prepared, all: bool) -> Result<Neighbours> {
         }
     }
     let all_rows: Vec<usize> = (0..p.images.dims2()?.0).collect();
-    Neighbours::new(&p.images, &p.texts, gallery, &all_rows)
+    Neighbours::new(&p.images, &p.texts, gallery, &all_rows, hood)
 }
 
 /// The MiniLM rows of the distinct captions of `sets`' positives.

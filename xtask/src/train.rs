@@ -391,7 +391,8 @@ pub(crate) fn caption_texts(ds: &Dataset) -> BTreeMap<QueryId, String> {
 }
 
 /// The configuration of `opts` retrained on every training image (both sides of the split) for
-/// the number of epochs early stopping chose on validation, from `init_seed`; cached beside the split checkpoint.
+/// the number of epochs early stopping chose on validation, from `init_seed`; cached beside the
+/// split checkpoint.
 pub(crate) fn load_or_train_all_with(
     p: &Prepared,
     embed: &EmbedOpts,

@@ -437,18 +437,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_locked_text_side_has_no_parameters_and_still_learns() {
-        let device = Device::Cpu;
-        let (images, texts, tr, va) = world(&device);
-        let tc = TrainConfig {
+    /// Training settings for the toy world: small batches, every epoch run.
+    fn toy_train_config() -> TrainConfig {
+        TrainConfig {
             max_epochs: 60,
             patience: 60,
             batch_size: 16,
             contrastive_batch: 10,
             learning_rate: 1e-2,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_locked_text_side_has_no_parameters_and_still_learns() {
+        let device = Device::Cpu;
+        let (images, texts, tr, va) = world(&device);
+        let tc = toy_train_config();
         let wrong = FusionConfig { locked_text: true, ..config() };
         assert!(train(wrong, &tc, &images, &texts, &tr, &va, |_| {}).is_err(), "shared space wider than the text");
         let locked = FusionConfig { locked_text: true, shared_dim: 6, ..config() };
@@ -473,14 +478,7 @@ mod tests {
     fn learns_the_toy_world_deterministically() {
         let device = Device::Cpu;
         let (images, texts, tr, va) = world(&device);
-        let tc = TrainConfig {
-            max_epochs: 60,
-            patience: 60,
-            batch_size: 16,
-            contrastive_batch: 10,
-            learning_rate: 1e-2,
-            ..Default::default()
-        };
+        let tc = toy_train_config();
         let (model, tensors, report) = train(config(), &tc, &images, &texts, &tr, &va, |_| {}).unwrap();
         // Chance MRR over 10 candidates is about 0.29.
         assert!(report.best_validation_mrr > 0.6, "{report:?}");

@@ -100,6 +100,12 @@ pub fn train(
     if train.pairs.is_empty() && train.positives.is_empty() {
         return Err(Error::Data("no training pairs".into()));
     }
+    if !(0.0..1.0).contains(&tc.input_dropout) || tc.temperature <= 0.0 || tc.learning_rate <= 0.0 {
+        return Err(Error::Data(format!(
+            "input dropout must be in 0..1 (got {}), the temperature and learning rate above 0 (got {} and {})",
+            tc.input_dropout, tc.temperature, tc.learning_rate
+        )));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
 
     // Standardisation statistics from the training rows only.
@@ -510,6 +516,15 @@ mod tests {
         let (images, texts, mut tr, va) = world(&device);
         tr.pairs.push((99, 0, 0.5));
         assert!(train(config(), &TrainConfig::default(), &images, &texts, &tr, &va, |_| {}).is_err());
+        for bad in [
+            TrainConfig { input_dropout: 1.0, ..toy_train_config() },
+            TrainConfig { temperature: 0.0, ..toy_train_config() },
+            TrainConfig { learning_rate: -1.0, ..toy_train_config() },
+        ] {
+            let (_, _, tr, _) = world(&device);
+            let err = train(config(), &bad, &images, &texts, &tr, &va, |_| {}).unwrap_err().to_string();
+            assert!(err.contains("input dropout must be in 0..1"), "{err}");
+        }
         let mut cfg = config();
         cfg.image_dim = 9;
         let (_, _, tr, _) = world(&device);

@@ -358,6 +358,20 @@ impl Neighbours {
         Ok(n)
     }
 
+    /// The same gallery with another neighbourhood (and nothing cached).
+    fn with(&self, hood: Neighbourhood) -> Neighbours {
+        Neighbours {
+            mean: self.mean.clone(),
+            inv_std: self.inv_std.clone(),
+            gallery: self.gallery.clone(),
+            captions: self.captions.clone(),
+            texts: self.texts.clone(),
+            k: hood.k,
+            temperature: hood.temperature,
+            votes: ImageCache::default(),
+        }
+    }
+
     fn normalise(&self, xs: &Tensor) -> Result<Tensor> {
         let xs = xs.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
         Ok(xs.broadcast_div(&xs.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?)
@@ -677,14 +691,14 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     // More splits of the training images (the next seeds), for the ensemble's choices: one
     // split's 198 validation captions leave differences of 0.02 in MRR to chance. Each split
     // has its own fusion models and neighbours; their validation captions are pooled.
-    let mut splits = vec![ValidationSplit::new(p.clone(), group.clone())];
+    let mut splits = vec![ValidationSplit { p: p.clone(), group: group.clone() }];
     for k in 1..args.validation_splits.max(1) {
         let opts = TrainOpts { seed: args.pipeline.train.seed + k as u64, ..args.pipeline.train.clone() };
         println!("validation split {} of {} (seed {})", k + 1, args.validation_splits, opts.seed);
         let q = Rc::new(Prepared::new(&ds, &emb, &opts)?);
         let members = fusion_members(&q, args, &opts, false)?;
         let group = fusion_group(&members, |m| &m.scorer);
-        splits.push(ValidationSplit::new(q, group));
+        splits.push(ValidationSplit { p: q, group });
     }
     let pooled_queries: usize = splits.iter().map(|s| s.p.validation.positives.len()).sum();
 
@@ -707,8 +721,8 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
         let class_keys: Vec<String> = (0..1000).map(key).collect();
         let classes = embed::rows(&emb.texts, &class_keys.iter().map(String::as_str).collect::<Vec<_>>())?;
         for temperature in BRIDGE_TEMPERATURES {
-            let candidate: Rc<dyn Scorer> = Rc::new(Bridge::new(encoders.clone(), classes.clone(), temperature));
-            let mrr = pooled_mrr(&splits, |_| Ok(vec![candidate.clone()]), &[1.0])?;
+            let candidate = Bridge::new(encoders.clone(), classes.clone(), temperature);
+            let mrr = pooled_mrr(&splits, &candidate)?;
             println!(
                 "class bridge with class {texts_name}, temperature {temperature}: validation MRR {mrr:.3} \
                  ({pooled_queries} captions of {} splits)",
@@ -738,28 +752,39 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     // on the test set, every training image. How many neighbours vote, and how sharply their
     // softmax weights favour the nearest, are chosen with the ensemble's weights, on the pooled
     // validation captions.
-    type Chosen = (Neighbourhood, Vec<f32>, f64, Vec<Rc<dyn Scorer>>);
-    let mut best: Option<Chosen> = None;
+    // The fusion models' and the bridge's matrices do not depend on the neighbourhood: computed
+    // once per split. So is each split's gallery.
+    let matrix = |s: &Rc<dyn Scorer>, split: &ValidationSplit| validation_matrix(s.as_ref(), &split.p.texts, &split.p);
+    let fixed = splits
+        .iter()
+        .zip(&bridge_bn)
+        .map(|(split, bridge)| Ok((matrix(&split.group, split)?, matrix(bridge, split)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let first = Neighbourhood { k: NEIGHBOURS_K[0], temperature: NEIGHBOURS_TEMPERATURES[0] };
+    let galleries = splits.iter().map(|split| neighbours_of(&split.p, false, first)).collect::<Result<Vec<_>>>()?;
+    let mut best: Option<(Neighbourhood, Vec<f32>, f64)> = None;
     for k in NEIGHBOURS_K {
         for temperature in NEIGHBOURS_TEMPERATURES {
             let hood = Neighbourhood { k, temperature };
-            for ((split, bank), bridge) in splits.iter_mut().zip(&banks).zip(&bridge_bn) {
-                let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&split.p, false, hood)?);
-                split.parts = vec![split.group.clone(), normalised(&neighbours, bank), bridge.clone()];
+            let mut mats = Vec::with_capacity(splits.len());
+            for (((split, bank), gallery), (group, bridge)) in splits.iter().zip(&banks).zip(&galleries).zip(&fixed) {
+                let neighbours: Rc<dyn Scorer> = Rc::new(gallery.with(hood));
+                mats.push(vec![group.clone(), matrix(&normalised(&neighbours, bank), split)?, bridge.clone()]);
             }
-            let (w, mrr) = choose_weights(&splits)?;
+            let (w, mrr) = choose_weights(&splits, &mats);
             println!(
                 "caption neighbours: {k} at temperature {temperature}: ensemble weights {:.2} / {:.2} / {:.2}, \
                  validation MRR {mrr:.3}",
                 w[0], w[1], w[2]
             );
             if best.as_ref().is_none_or(|b| mrr > b.2) {
-                best = Some((hood, w, mrr, splits[0].parts.clone()));
+                best = Some((hood, w, mrr));
             }
         }
     }
-    let (hood, w, mrr, parts) = best.context("no neighbours setting")?;
-    let neighbours: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, false, hood)?);
+    let (hood, w, mrr) = best.context("no neighbours setting")?;
+    let neighbours: Rc<dyn Scorer> = Rc::new(galleries[0].with(hood));
+    let parts = vec![group.clone(), normalised(&neighbours, &banks[0]), bridge_bn[0].clone()];
     let neighbours_all: Rc<dyn Scorer> = Rc::new(neighbours_of(&p, true, hood)?);
     entries.push(Entry {
         name: "caption neighbours (training-free)".into(),
@@ -772,10 +797,8 @@ pub(crate) fn evaluate(args: &Args) -> Result<Metrics> {
     let bridge_bn_all = normalised(&bridge, &bank_all);
 
     // The ensemble: the weights chosen above, on the pooled validation captions.
-    let primary = validation_mrr(
-        &combine(&parts.iter().map(|s| validation_matrix(s.as_ref(), &p.texts, &p)).collect::<Result<Vec<_>>>()?, &w),
-        &p,
-    );
+    let primary =
+        validation_mrr(&combine(&parts.iter().map(|s| matrix(s, &splits[0])).collect::<Result<Vec<_>>>()?, &w), &p);
     println!(
         "ensemble: fusion models 1.00, caption neighbours {:.2} ({} at temperature {}), class bridge {:.2} \
          (both bank-normalised; validation MRR {mrr:.3} over {pooled_queries} captions of {} splits, {primary:.3} on \
@@ -884,16 +907,16 @@ fn validation_mrr(scores: &[Vec<f32>], p: &Prepared) -> f64 {
 
 /// The weights of the other parts against the first (weight 1) that maximise the validation MRR
 /// pooled over `splits`, on a grid of 0 to 3 in steps of 0.25; the earlier grid point wins ties.
-fn choose_weights(splits: &[ValidationSplit]) -> Result<(Vec<f32>, f64)> {
-    let mats = splits.iter().map(|s| s.matrices()).collect::<Result<Vec<_>>>()?;
-    let n = splits[0].parts.len();
+/// `mats[s][part]` is each part's validation matrix on split `s`.
+fn choose_weights(splits: &[ValidationSplit], mats: &[Vec<Vec<Vec<f32>>>]) -> (Vec<f32>, f64) {
+    let n = mats[0].len();
     let grid: Vec<f32> = (0..=12).map(|step| step as f32 * 0.25).collect();
     let mut best = (vec![1.0; n], f64::NEG_INFINITY);
     let mut weights = vec![0usize; n - 1];
     loop {
         let w: Vec<f32> = std::iter::once(1.0).chain(weights.iter().map(|&i| grid[i])).collect();
         let ranks: Vec<usize> =
-            splits.iter().zip(&mats).flat_map(|(s, m)| validation_ranks(&combine(m, &w), &s.p)).collect();
+            splits.iter().zip(mats).flat_map(|(s, m)| validation_ranks(&combine(m, &w), &s.p)).collect();
         let mrr = RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr);
         if mrr > best.1 {
             best = (w, mrr);
@@ -903,43 +926,20 @@ fn choose_weights(splits: &[ValidationSplit]) -> Result<(Vec<f32>, f64)> {
         weights[k] += 1;
         weights[..k].iter_mut().for_each(|i| *i = 0);
     }
-    Ok(best)
+    best
 }
 
-/// One split of the training images for validation: its pairs, its fusion ensemble, and the
-/// ensemble's parts built on them.
+/// One split of the training images for validation: its pairs and its fusion ensemble.
 struct ValidationSplit {
     p: Rc<Prepared>,
     group: Rc<dyn Scorer>,
-    /// The ensemble's parts on this split, in weight order.
-    parts: Vec<Rc<dyn Scorer>>,
 }
 
-impl ValidationSplit {
-    fn new(p: Rc<Prepared>, group: Rc<dyn Scorer>) -> Self {
-        ValidationSplit { p, group, parts: Vec::new() }
-    }
-
-    /// Each part's validation matrix.
-    fn matrices(&self) -> Result<Vec<Vec<Vec<f32>>>> {
-        self.parts.iter().map(|s| validation_matrix(s.as_ref(), &self.p.texts, &self.p)).collect()
-    }
-}
-
-/// Validation MRR pooled over the captions of every split, of `scorers(split)` combined with
-/// `weights`.
-fn pooled_mrr(
-    splits: &[ValidationSplit],
-    scorers: impl Fn(&ValidationSplit) -> Result<Vec<Rc<dyn Scorer>>>,
-    weights: &[f32],
-) -> Result<f64> {
+/// Validation MRR of `scorer` pooled over the captions of every split.
+fn pooled_mrr(splits: &[ValidationSplit], scorer: &dyn Scorer) -> Result<f64> {
     let mut ranks = Vec::new();
     for split in splits {
-        let mats = scorers(split)?
-            .iter()
-            .map(|s| validation_matrix(s.as_ref(), &split.p.texts, &split.p))
-            .collect::<Result<Vec<_>>>()?;
-        ranks.extend(validation_ranks(&combine(&mats, weights), &split.p));
+        ranks.extend(validation_ranks(&validation_matrix(scorer, &split.p.texts, &split.p)?, &split.p));
     }
     Ok(RetrievalMetrics::from_ranks(&ranks).map_or(0.0, |r| r.mrr))
 }

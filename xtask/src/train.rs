@@ -49,16 +49,16 @@ pub(crate) struct TrainOpts {
     #[arg(long, default_value_t = 1e-3)]
     pub(crate) learning_rate: f64,
     /// AdamW's decoupled weight decay.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
     pub(crate) weight_decay: f64,
     /// Temperature of the contrastive softmax.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = TrainConfig::default().temperature)]
     pub(crate) temperature: f64,
     /// Distinct images (one caption each) per contrastive step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = TrainConfig::default().contrastive_batch)]
     pub(crate) contrastive_batch: usize,
     /// Share of the input features zeroed in each training row.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = TrainConfig::default().input_dropout)]
     pub(crate) input_dropout: f64,
     /// Keep the text side in MiniLM's space (no text projection; the shared space is 384-d and
     /// --shared-dim is ignored).

@@ -147,11 +147,7 @@ impl candle::CustomOp1 for Gelu {
         storage: &candle::CpuStorage,
         layout: &candle::Layout,
     ) -> candle::Result<(candle::CpuStorage, candle::Shape)> {
-        let candle::CpuStorage::F32(data) = storage else { candle::bail!("{}: f32 only", self.name()) };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle::bail!("{}: the input must be contiguous", self.name())
-        };
-        let xs = &data[start..end];
+        let xs = contiguous_f32(self.name(), storage, layout)?;
         let mut ys = vec![0f32; xs.len()];
         ys.par_chunks_mut(GELU_CHUNK).zip(xs.par_chunks(GELU_CHUNK)).for_each(|(ys, xs)| {
             for (y, &v) in ys.iter_mut().zip(xs) {
@@ -179,6 +175,15 @@ impl candle::CustomOp1 for Gelu {
     }
 }
 
+/// The values of a custom op's argument: contiguous f32 on the CPU, else an error naming the op.
+fn contiguous_f32<'a>(op: &str, storage: &'a candle::CpuStorage, layout: &candle::Layout) -> candle::Result<&'a [f32]> {
+    let candle::CpuStorage::F32(data) = storage else { candle::bail!("{op}: the argument must be f32") };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle::bail!("{op}: the argument must be contiguous")
+    };
+    Ok(&data[start..end])
+}
+
 /// `weight -> xs @ weight^T` for a constant `xs`: a linear layer without its bias, as an op of
 /// the weight alone, so its backward is one product, `grad^T @ xs`, already in the weight's
 /// `(out, in)` layout.
@@ -196,11 +201,7 @@ impl candle::CustomOp1 for ConstantInputLinear {
         storage: &candle::CpuStorage,
         layout: &candle::Layout,
     ) -> candle::Result<(candle::CpuStorage, candle::Shape)> {
-        let candle::CpuStorage::F32(data) = storage else { candle::bail!("{}: the weight must be f32", self.name()) };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle::bail!("{}: the weight must be contiguous", self.name())
-        };
-        let w = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let w = Tensor::from_slice(contiguous_f32(self.name(), storage, layout)?, layout.shape(), &Device::Cpu)?;
         let ys = self.xs.matmul(&w.t()?)?.contiguous()?;
         let shape = ys.shape().clone();
         let (storage, layout) = ys.storage_and_layout();

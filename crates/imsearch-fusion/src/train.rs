@@ -351,7 +351,8 @@ fn dropout(xs: Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     }
     let keep = (1.0 / (1.0 - p)) as f32;
     let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
-    Ok((xs.clone() * Tensor::from_vec(mask, xs.shape(), xs.device())?)?)
+    let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?;
+    Ok((xs * mask)?)
 }
 
 fn unique(it: impl Iterator<Item = usize>) -> Vec<usize> {

@@ -1,8 +1,8 @@
 //! `cargo xtask demo`: the task's closing test, end to end. Fetches the models if absent, finds
-//! the dataset, computes or reuses the embeddings, trains or reuses the fusion model, evaluates
-//! (or reuses `metrics.json` when it is newer than the checkpoint and made with the same seed),
-//! then draws N test queries at random (seeded) and shows the top images of the 100 test images
-//! for each, with the compliance policies applied:
+//! the dataset, computes or reuses the embeddings, loads the saved engine (or builds it from the
+//! default recipe, training only the fusion members it needs), then draws N test queries at
+//! random (seeded) and shows the top images of the 100 test images for each, ranked by the
+//! engine, with the compliance policies applied:
 //!
 //! - a query the text policy blocks gets a row with the disclaimer and no images;
 //! - a result the image policy blocks keeps its rank and score, and a disclaimer tile replaces
@@ -20,10 +20,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use candle::Device;
 use imsearch_compliance::{BlockReason, Decision, TextPolicy, DISCLAIMER};
 use imsearch_data::Dataset;
-use imsearch_fusion::FusionModel;
+use imsearch_engine::Engine;
 use imsearch_report::{
     html::Page,
     sheet::{self, SheetOptions, SheetRow, Tile, CORRECT},
@@ -36,8 +35,8 @@ use serde_json::Value;
 use crate::{
     compliance::{self, Collection, PolicyCheckpoint, PolicyOpts},
     embed::{self},
-    eval, paths,
-    train::{self, Pipeline, Prepared},
+    engine, paths,
+    train::{self, Pipeline},
 };
 
 #[derive(clap::Args, Debug)]
@@ -51,12 +50,6 @@ pub(crate) struct Args {
     /// Where demo.png, index.html and rows/ go (default: target/demo in the workspace).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Train the fusion model again even when its checkpoint exists.
-    #[arg(long)]
-    retrain: bool,
-    /// Evaluate again even when metrics.json is newer than the checkpoint.
-    #[arg(long)]
-    reevaluate: bool,
     #[command(flatten)]
     pipeline: Pipeline,
     #[command(flatten)]
@@ -134,28 +127,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     steps.done("embeddings", format!("{}", emb.dir.display()), t);
 
     let t = Instant::now();
-    let prepared = Prepared::new(&ds, &emb, &args.pipeline.train)?;
-    let checkpoint = train::checkpoint_dir(&args.pipeline.embed, &args.pipeline.train);
-    let loaded = if args.retrain {
-        None
-    } else {
-        FusionModel::load(&checkpoint, &prepared.image_encoder, embed::TEXT_MODEL, &Device::Cpu).ok()
-    };
-    let (fusion, how) = match loaded {
-        Some(model) => (model, "reused"),
-        None => {
-            println!("training the fusion model (checkpoint {})", checkpoint.display());
-            prepared.print_counts();
-            (train::train_and_save(&prepared, &args.pipeline.embed, &args.pipeline.train)?.0, "trained")
-        }
-    };
-    steps.done("fusion model", format!("{how} {}", checkpoint.display()), t);
-
-    let t = Instant::now();
-    let fusion_name = format!("fusion {} + {}", prepared.image_encoder, embed::TEXT_MODEL);
-    let (metrics, metrics_path, reused) = metrics(args, &data, &checkpoint, &fusion_name)?;
-    let how = if reused { "reused (newer than the checkpoint, same seed)" } else { "evaluated, wrote" };
-    steps.done("metrics", format!("{how} {}", metrics_path.display()), t);
+    let (engine, engine_dir, built) = engine::ensure(&args.pipeline, true)?;
+    steps.done("engine", format!("{} {}", if built { "built" } else { "reused" }, engine_dir.display()), t);
+    let metrics_path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");
+    let metrics = metrics(&metrics_path, &engine_dir);
 
     let t = Instant::now();
     let policy_emb = args.policy.restrict(&emb, &args.pipeline.embed)?;
@@ -184,7 +159,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
 
     let t = Instant::now();
-    let shown = rank_queries(args, &ds, &emb, &fusion, &image_decision)?;
+    let shown = rank_queries(args, &ds, &emb, &engine, &image_decision)?;
     steps.done("queries", query_summary(&shown, args.top as usize), t);
     print_queries(&shown);
 
@@ -195,11 +170,16 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     };
     fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
     let out = out.canonicalize().with_context(|| format!("failed to resolve {}", out.display()))?;
-    let (sheet_path, page_path) = render(&out, &ds, &shown, &metrics, &metrics_path, args)?;
+    let (sheet_path, page_path) = render(&out, &ds, &shown, &metrics, &metrics_path, &engine, args)?;
     steps.done("render", format!("{}", out.display()), t);
 
-    println!("\nmetrics ({}):", metrics_path.display());
-    print_metrics(&metrics);
+    match &metrics {
+        Some(m) => {
+            println!("\nmetrics ({}):", metrics_path.display());
+            print_metrics(m);
+        }
+        None => println!("\nno metrics.json for this engine: `cargo xtask eval` measures every model and rebuilds it"),
+    }
     println!("\nsummary (seed {}, {} queries, top {}):", args.pipeline.train.seed, shown.len(), args.top);
     for (name, what, took) in &steps.0 {
         println!("  {name:<13} {:>6.1} s  {what}", took.as_secs_f64());
@@ -210,43 +190,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// `metrics.json` of the work directory when it is newer than the checkpoint and was made with
-/// this seed for this fusion model; otherwise `eval::evaluate` runs and writes it. Returns the
-/// metrics, the path and whether they were reused.
-fn metrics(args: &Args, data: &Path, checkpoint: &Path, fusion_name: &str) -> Result<(Value, PathBuf, bool)> {
-    let path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");
-    if !args.reevaluate {
-        if let Some(v) = reusable_metrics(&path, checkpoint, args.pipeline.train.seed, fusion_name) {
-            return Ok((v, path, true));
-        }
-    }
-    println!(
-        "evaluating the models, quickly: no TF-IDF baseline, test scored with the models of the split \
-         (`cargo xtask eval` gives the full report); writes {}",
-        path.display()
-    );
-    let eval_args = eval::Args {
-        pipeline: Pipeline { data: Some(data.to_owned()), ..args.pipeline.clone() },
-        retrain: false,
-        no_tfidf: true,
-        no_retrain_all: true,
-        no_members: false,
-        fusion_seeds: 1,
-        // One split: the demo's quick evaluation.
-        validation_splits: 1,
-    };
-    let m = eval::evaluate(&eval_args)?;
-    paths::write_atomic(&path, serde_json::to_string_pretty(&m)?.as_bytes())?;
-    Ok((serde_json::to_value(&m)?, path, false))
-}
-
-fn reusable_metrics(path: &Path, checkpoint: &Path, seed: u64, fusion_name: &str) -> Option<Value> {
-    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(path)? < modified(&checkpoint.join("fusion.safetensors"))? {
-        return None;
-    }
+/// `metrics.json` when `cargo xtask eval` wrote it with this engine (the one whose figures the
+/// page shows); `None` otherwise.
+fn metrics(path: &Path, engine_dir: &Path) -> Option<Value> {
     let v: Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
-    (v["seed"].as_u64() == Some(seed) && v["models"].get(fusion_name).is_some()).then_some(v)
+    (v["engine"].as_str() == Some(engine_dir.to_str()?)).then_some(v)
 }
 
 /// Draws the queries and ranks the test images for each allowed one.
@@ -254,7 +202,7 @@ fn rank_queries(
     args: &Args,
     ds: &Dataset,
     emb: &embed::Embeddings,
-    fusion: &FusionModel,
+    engine: &Engine,
     image_decision: &dyn Fn(&str) -> Decision,
 ) -> Result<Vec<Shown>> {
     // Test images with every encoder's features are the candidates.
@@ -267,7 +215,7 @@ fn rank_queries(
     if ids.len() < ds.test_images.len() {
         println!("note: {} test images have no embedding and are left out", ds.test_images.len() - ids.len());
     }
-    let images = train::test_image_matrix(emb, &ids)?;
+    let images = engine.scorer().prepare(&train::test_image_matrix(emb, &ids)?)?;
     let policy = TextPolicy::default();
     let mut rng = ChaCha8Rng::seed_from_u64(args.pipeline.train.seed);
     let n = (args.queries as usize).min(ds.test_queries.len());
@@ -282,7 +230,7 @@ fn rank_queries(
             Decision::Allow => {
                 let key = q.query.to_string();
                 let text = embed::rows(&emb.texts, &[key.as_str()])?;
-                let scores = fusion.score_matrix(&images, &text)?.to_vec2::<f32>()?.remove(0);
+                let scores = engine.scorer().matrix(&images, &text)?.remove(0);
                 let correct = ids.iter().position(|k| *k == q.image.as_str());
                 let ranked = |row: usize, score: f32, rank: usize| Ranked {
                     rank,
@@ -386,8 +334,9 @@ fn render(
     out: &Path,
     ds: &Dataset,
     shown: &[Shown],
-    metrics: &Value,
+    metrics: &Option<Value>,
     metrics_path: &Path,
+    engine: &Engine,
     args: &Args,
 ) -> Result<(PathBuf, PathBuf)> {
     let total: usize = shown
@@ -425,14 +374,16 @@ fn render(
 
     let mut page = Page::new(format!("imsearch demo: {} random test queries", shown.len()));
     page.paragraph(&format!(
-        "Each of {} test queries drawn at random (seed {}) against the {} test images, ranked by the fusion model \
-         (score 0 to 1, how well the text describes the picture). Green frame: the correct image, the one the query \
-         was written for; when it ranks below the top {}, it is shown last with its rank. Compliance: a query that names a child gets \
-         the disclaimer and no images; an image the image policy blocks is replaced by the disclaimer and keeps its \
-         rank. The whole contact sheet is demo.png in this folder.",
+        "Each of {} test queries drawn at random (seed {}) against the {} test images, ranked by the engine: {} \
+         (the saved engine of `cargo xtask eval`, {} fusion models; score 0 to 1, rank-preserving). Green frame: the \
+         correct image, the one the query was written for; when it ranks below the top {}, it is shown last with its \
+         rank. Compliance: a query that names a child gets the disclaimer and no images; an image the image policy \
+         blocks is replaced by the disclaimer and keeps its rank. The whole contact sheet is demo.png in this folder.",
         shown.len(),
         args.pipeline.train.seed,
         ds.test_images.len(),
+        engine.name(),
+        engine.members().len(),
         args.top
     ));
     for (i, (s, t)) in shown.iter().zip(&rows).enumerate() {
@@ -463,13 +414,20 @@ fn render(
         }
     }
     page.heading(2, "Metrics");
-    page.paragraph(&format!(
-        "From {} (validation: the held-out train images; test: the 500 test queries against the 100 test images; \
-         allowed: the test queries the text policy lets through). Best on validation: {}.",
-        metrics_path.display(),
-        metrics["best"].as_str().unwrap_or("-")
-    ));
-    page.table(&METRIC_COLUMNS, &metric_rows(metrics));
+    match metrics {
+        Some(m) => {
+            page.paragraph(&format!(
+                "From {} (validation: the held-out train images; test: the 500 test queries against the 100 test \
+                 images; allowed: the test queries the text policy lets through). Best on validation: {}.",
+                metrics_path.display(),
+                m["best"].as_str().unwrap_or("-")
+            ));
+            page.table(&METRIC_COLUMNS, &metric_rows(m));
+        }
+        None => {
+            page.paragraph("No metrics for this engine yet: `cargo xtask eval` measures every model and baseline.");
+        }
+    }
     let page_path = out.join("index.html");
     page.write(&page_path)?;
     spinner.finish_and_clear();

@@ -37,17 +37,24 @@ pub(crate) struct EmbedOpts {
 }
 
 impl EmbedOpts {
+    /// The image encoders, in order; an unknown or repeated one is an error.
     pub(crate) fn kinds(&self) -> Result<Vec<EncoderKind>> {
-        self.image_encoders
-            .iter()
-            .map(|id| {
-                EncoderKind::from_id(id).with_context(|| {
-                    format!(
-                        "unknown image encoder {id:?} (known: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)"
-                    )
-                })
-            })
-            .collect()
+        let mut kinds = Vec::new();
+        for id in &self.image_encoders {
+            let kind = EncoderKind::from_id(id).with_context(|| {
+                format!("unknown image encoder {id:?} (known: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)")
+            })?;
+            if kinds.contains(&kind) {
+                anyhow::bail!("--image-encoders names {id} twice ({})", self.image_encoders.join(","));
+            }
+            kinds.push(kind);
+        }
+        Ok(kinds)
+    }
+
+    /// The feature layout: every encoder's cache id, joined by `+`.
+    pub(crate) fn layout(&self) -> Result<String> {
+        Ok(self.kinds()?.into_iter().map(|k| self.image_model_id(k)).collect::<Vec<_>>().join("+"))
     }
 
     pub(crate) fn views(&self) -> Result<Vec<View>> {

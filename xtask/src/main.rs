@@ -8,6 +8,7 @@ mod compliance;
 mod demo;
 mod eda;
 mod embed;
+mod engine;
 mod eval;
 mod fixtures;
 mod models;

@@ -371,7 +371,16 @@ pub(crate) fn checkpoint_dir_with(embed: &EmbedOpts, opts: &TrainOpts, init_seed
 }
 
 fn split_checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
-    // The compliance policy decides which pairs are trained on, so it is part of the key.
+    paths::resolve(&embed.workdir).join("checkpoints").join(format!(
+        "fusion-seed{}-{}",
+        opts.seed,
+        options_digest(embed, opts)
+    ))
+}
+
+/// A digest of every option that changes a model: the encoders, views, training options and
+/// the compliance lexicon (which decides the pairs trained on).
+pub(crate) fn options_digest(embed: &EmbedOpts, opts: &TrainOpts) -> String {
     let key = format!(
         "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
         embed.image_encoders,
@@ -382,7 +391,17 @@ fn split_checkpoint_dir(embed: &EmbedOpts, opts: &TrainOpts) -> PathBuf {
         imsearch_compliance::PHRASES
     );
     let digest = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    paths::resolve(&embed.workdir).join("checkpoints").join(format!("fusion-seed{}-{digest:016x}", opts.seed))
+    format!("{digest:016x}")
+}
+
+/// The epoch early stopping chose for the split model of `init_seed` (its train report).
+pub(crate) fn best_epoch(embed: &EmbedOpts, opts: &TrainOpts, init_seed: u64) -> Result<usize> {
+    let path = checkpoint_dir_with(embed, opts, init_seed).join("train_report.json");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?,
+    )
+    .with_context(|| format!("failed to parse {}", path.display()))?;
+    Ok(report["best_epoch"].as_u64().with_context(|| format!("{} has no best_epoch", path.display()))? as usize)
 }
 
 /// Captions by query id, for callers that need texts.
@@ -391,50 +410,47 @@ pub(crate) fn caption_texts(ds: &Dataset) -> BTreeMap<QueryId, String> {
 }
 
 /// The configuration of `opts` retrained on every training image (both sides of the split) for
-/// the number of epochs early stopping chose on validation, from `init_seed`; cached beside the
-/// split checkpoint.
-pub(crate) fn load_or_train_all_with(
+/// `epochs` epochs from `init_seed`; cached beside the split checkpoint. Returns the model and
+/// its checkpoint folder.
+pub(crate) fn load_or_train_all(
     p: &Prepared,
     embed: &EmbedOpts,
     opts: &TrainOpts,
     retrain: bool,
     init_seed: u64,
-) -> Result<FusionModel> {
+    epochs: usize,
+) -> Result<(FusionModel, PathBuf)> {
+    if epochs == 0 {
+        bail!("a fusion model needs at least one epoch of training");
+    }
     let split_dir = checkpoint_dir_with(embed, opts, init_seed);
-    let dir = split_dir.with_file_name(format!(
-        "{}-all",
-        split_dir.file_name().and_then(|n| n.to_str()).expect("a checkpoint folder name")
-    ));
+    let name = split_dir.file_name().and_then(|n| n.to_str()).context("a checkpoint folder name")?;
+    let dir = split_dir.with_file_name(format!("{name}-all-e{epochs}"));
     if !retrain {
         if let Ok(model) = FusionModel::load(&dir, &p.image_encoder, embed::TEXT_MODEL, &candle::Device::Cpu) {
             println!("reusing the all-images checkpoint in {}", dir.display());
-            return Ok(model);
+            return Ok((model, dir));
         }
     }
-    let report_path = split_dir.join("train_report.json");
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&report_path).with_context(|| format!("failed to read {}", report_path.display()))?,
-    )
-    .with_context(|| format!("failed to parse {}", report_path.display()))?;
-    let epochs = report["best_epoch"].as_u64().context("train_report.json has no best_epoch")? as usize;
     let mut all = p.train.clone();
     all.pairs.extend(&p.validation.pairs);
     all.positives.extend(&p.validation.positives);
     all.positives.extend(p.validation.pairs.iter().filter(|x| x.2 >= CONFIRMED).map(|&(i, t, _)| (t, i)));
     all.candidates.extend(&p.validation.candidates);
-    let tc = TrainConfig { max_epochs: epochs.max(1), seed: init_seed, ..train_config(opts) };
+    let tc = TrainConfig { max_epochs: epochs, seed: init_seed, ..train_config(opts) };
     let start = Instant::now();
-    let bar = crate::progress::bar(tc.max_epochs as u64, "training on all", "epochs");
+    let bar = crate::progress::bar(tc.max_epochs as u64, &format!("training {} on all", p.image_encoder), "epochs");
     let (model, tensors, _) =
         imsearch_fusion::train(p.fusion_config(opts)?, &tc, &p.images, &p.texts, &all, &PairSet::default(), |_| {
             bar.inc(1)
         })?;
     bar.finish_and_clear();
     println!(
-        "retrained on all {} training images for {epochs} epochs in {:.1} s",
+        "retrained {} on all {} training images for {epochs} epochs in {:.1} s",
+        p.image_encoder,
         p.images.dims2()?.0,
         start.elapsed().as_secs_f64()
     );
     model.save(&tensors, &dir)?;
-    Ok(model)
+    Ok((model, dir))
 }

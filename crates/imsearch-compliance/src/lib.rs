@@ -7,14 +7,34 @@
 //!   a validation split for high recall; used to replace result images with the disclaimer.
 //! - [`Decision`]: allow, or block with the reason. Fail closed: an image that cannot be scored
 //!   is blocked.
+//! - [`PolicyCheckpoint`]: the image policy with the feature layout it reads, as one JSON file
+//!   (`PolicyCheckpoint::load`, `write`); [`PolicyData::fit`] makes it (the options and the
+//!   threshold chosen on validation, see `fit.rs`).
+//! - [`TextAudit`] and [`ImageAudit`]: the policies measured on a labelled collection (what the
+//!   text policy removes from training, the queries it blocks and those a person should read;
+//!   the image policy's recall and precision).
 //!
-//! Architecture invariant: plain Rust over `&[f32]`; depends on `serde` only (no candle, no
-//! encoder), so any service can apply the policies to embeddings it computed elsewhere.
+//! Where it sits: after the encoders, beside the fusion model; it takes embeddings, captions and
+//! graded pairs that others computed. Architecture invariant: plain Rust over `&[f32]`; depends
+//! on `serde`, `serde_json`, `thiserror`, `imsearch-types` and `imsearch-eval` only (no candle, no
+//! encoder, no dataset reader), so any service can apply the policies to embeddings it computed
+//! elsewhere. The only I/O is reading and writing a checkpoint file.
 
+mod audit;
+mod checkpoint;
+mod error;
+mod fit;
 mod image;
 mod text;
 
-pub use image::{threshold_for_recall, ImagePolicy, ImagePolicyError, TrainOptions};
+pub use audit::{review_queries, ImageAudit, ReviewQuery, TextAudit, TrainingFilter, REVIEW_WORDS};
+pub use checkpoint::{PolicyCheckpoint, CHECKPOINT_FORMAT};
+pub use error::{Error, Result};
+pub use fit::{
+    check_recall_target, Candidate, ChildEvidence, FitEvent, FitSettings, LabelRule, PolicyData, ValidationReport,
+    L2_GRID, LR_GRID, MAX_DECAY_PER_STEP, PAIR_MATCH,
+};
+pub use image::{threshold_for_recall, ImagePolicy, TrainOptions};
 pub use text::{TextPolicy, LEXICON, PHRASES};
 
 use serde::{Deserialize, Serialize};

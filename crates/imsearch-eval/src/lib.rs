@@ -1,6 +1,6 @@
 //! Metrics for image-text scores, as pure functions over slices: retrieval (Recall@k, MRR,
-//! median rank, text to image) and agreement with human labels (MAE, RMSE, ROC-AUC, Kendall
-//! tau-b and tau-c, Spearman).
+//! median rank, text to image), agreement with human labels (MAE, RMSE, ROC-AUC, Kendall
+//! tau-b and tau-c, Spearman) and the confusion counts of a yes/no decision (recall, precision).
 //!
 //! Architecture invariant: depends on `serde` only. It knows nothing of models, tensors or
 //! files: callers pass scores and labels as `f32`/`f64` slices.
@@ -10,7 +10,9 @@
 //! best); rank correlations use average ranks for ties, as scipy does.
 
 pub mod agreement;
+pub mod confusion;
 pub mod retrieval;
 
 pub use agreement::{kendall_tau_b, kendall_tau_c, mae, rmse, roc_auc, spearman};
+pub use confusion::Confusion;
 pub use retrieval::{rank_of, RetrievalMetrics};

@@ -35,6 +35,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to save {path}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: imsearch_fsio::Error,
+    },
     #[error("{path}: invalid config")]
     Config {
         path: PathBuf,
@@ -45,6 +51,12 @@ pub enum Error {
     EncoderMismatch { path: PathBuf, expected: String, found: String },
     #[error("invalid training data: {0}")]
     Data(String),
+}
+
+impl From<imsearch_fsio::Error> for Error {
+    fn from(source: imsearch_fsio::Error) -> Self {
+        Error::Save { path: source.path().to_owned(), source }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

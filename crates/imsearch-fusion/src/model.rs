@@ -298,15 +298,11 @@ impl FusionModel {
     /// Writes `<dir>/fusion.safetensors` and `<dir>/fusion.json` atomically.
     pub fn save(&self, tensors: &HashMap<String, Tensor>, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_owned(), source })?;
-        let weights = dir.join("fusion.safetensors");
-        let tmp = dir.join("fusion.safetensors.tmp");
-        candle::safetensors::save(tensors, &tmp)?;
-        std::fs::rename(&tmp, &weights).map_err(|source| Error::Write { path: weights.clone(), source })?;
-        let config = dir.join("fusion.json");
-        let tmp = dir.join("fusion.json.tmp");
+        imsearch_fsio::write_atomic_via_path(&dir.join("fusion.safetensors"), |temp| {
+            candle::safetensors::save(tensors, temp).map_err(Error::from)
+        })?;
         let json = serde_json::to_string_pretty(&self.config).expect("config serialises");
-        std::fs::write(&tmp, json).map_err(|source| Error::Write { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &config).map_err(|source| Error::Write { path: config, source })
+        Ok(imsearch_fsio::write_bytes_atomic(&dir.join("fusion.json"), json.as_bytes())?)
     }
 
     /// Loads a checkpoint written by [`FusionModel::save`], checking that it was trained for

@@ -106,6 +106,9 @@ pub fn train(
             tc.input_dropout, tc.temperature, tc.learning_rate
         )));
     }
+    if tc.max_epochs == 0 {
+        return Err(Error::Data("the number of epochs must be at least 1 (got 0)".into()));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
 
     // Standardisation statistics from the training rows only.
@@ -530,6 +533,16 @@ mod tests {
         cfg.image_dim = 9;
         let (_, _, tr, _) = world(&device);
         assert!(train(cfg, &TrainConfig::default(), &images, &texts, &tr, &va, |_| {}).is_err());
+    }
+
+    #[test]
+    fn zero_epochs_is_an_error() {
+        let device = Device::Cpu;
+        let (images, texts, tr, va) = world(&device);
+        let tc = TrainConfig { max_epochs: 0, ..toy_train_config() };
+        let err = train(config(), &tc, &images, &texts, &tr, &va, |_| {}).unwrap_err();
+        assert!(matches!(err, Error::Data(_)), "{err:?}");
+        assert!(err.to_string().contains("epochs must be at least 1"), "{err}");
     }
 
     #[test]

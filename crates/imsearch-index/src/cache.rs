@@ -24,10 +24,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to save {path}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: imsearch_fsio::Error,
+    },
     #[error("{path} is not a valid embedding cache: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{key}: the encoder returned {found} values, expected dimension {expected}")]
     Dimension { key: String, expected: usize, found: usize },
+}
+
+impl From<imsearch_fsio::Error> for Error {
+    fn from(source: imsearch_fsio::Error) -> Self {
+        Error::Save { path: source.path().to_owned(), source }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -202,7 +214,8 @@ impl EmbeddingCache {
         Ok(Some(EmbeddingCache { meta, data }))
     }
 
-    /// Writes the cache to `path` atomically (a temporary file in the same folder, then a rename).
+    /// Writes the cache to `path` atomically (imsearch-fsio: a temporary file in the same folder,
+    /// then a rename), creating its folder.
     pub fn save(&self, path: &Path) -> Result<()> {
         let write_err = |source| Error::Write { path: path.to_owned(), source };
         if let Some(parent) = path.parent() {
@@ -215,9 +228,7 @@ impl EmbeddingCache {
         let metadata: HashMap<String, String> = [("imsearch".to_owned(), meta)].into();
         let out = safetensors::serialize([("embeddings", view)], &Some(metadata))
             .map_err(|e| Error::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, out).map_err(write_err)?;
-        std::fs::rename(&tmp, path).map_err(write_err)
+        Ok(imsearch_fsio::write_bytes_atomic(path, &out)?)
     }
 
     /// Brings the cache in line with `items`: rows of items whose content hash is unchanged are
@@ -337,6 +348,7 @@ mod tests {
         assert_eq!((stats.encoded, stats.reused, stats.removed, stats.failed.len()), (2, 0, 0, 1));
         assert_eq!(cache.get("a"), Some(&[3.0, 97.0][..]));
         cache.save(&path).unwrap();
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "a temporary was left behind");
 
         // Same content: nothing encoded but the failed item. Changed b, deleted a, new d.
         let mut cache = EmbeddingCache::load_or_new(&path, "m", 2).unwrap();

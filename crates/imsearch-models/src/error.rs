@@ -78,6 +78,13 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("failed to save {path}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: imsearch_fsio::Error,
+    },
+
     #[error("failed to create the directory {path}")]
     CreateDir {
         path: PathBuf,
@@ -93,6 +100,12 @@ pub enum Error {
         #[source]
         source: Box<hf_hub::api::sync::ApiError>,
     },
+}
+
+impl From<imsearch_fsio::Error> for Error {
+    fn from(source: imsearch_fsio::Error) -> Self {
+        Error::Save { path: source.path().to_owned(), source }
+    }
 }
 
 /// `Result` with this crate's [`Error`] as the default error type.

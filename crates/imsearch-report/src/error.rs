@@ -6,12 +6,12 @@ use std::path::PathBuf;
 /// Everything that can go wrong while reading an image or writing a report file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Creating, writing or renaming an output file failed.
+    /// Writing an output file (a temporary file, then a rename) failed.
     #[error("failed to write {path}")]
     Write {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: imsearch_fsio::Error,
     },
     /// Opening or reading an input file failed (missing file, permissions).
     #[error("failed to read {path}")]
@@ -47,6 +47,12 @@ pub enum Error {
     /// The embedded font could not be registered with the drawing library.
     #[error("the embedded font could not be loaded")]
     Font,
+}
+
+impl From<imsearch_fsio::Error> for Error {
+    fn from(source: imsearch_fsio::Error) -> Self {
+        Error::Write { path: source.path().to_owned(), source }
+    }
 }
 
 /// `Result` with this crate's [`Error`] as the default error type.

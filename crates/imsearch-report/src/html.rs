@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::describe::Table;
-use crate::{fsutil, Result};
+use crate::Result;
 
 /// Escapes `text` for use in HTML element content and in double-quoted attribute values:
 /// `&`, `<`, `>`, `"` and `'`.
@@ -125,7 +125,7 @@ impl Page {
 
     /// Writes the document to `path` atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        fsutil::write_atomic(path, self.to_html().as_bytes())
+        Ok(imsearch_fsio::write_bytes_atomic(path, self.to_html().as_bytes())?)
     }
 }
 

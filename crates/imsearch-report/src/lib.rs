@@ -3,13 +3,13 @@
 //!
 //! Architecture invariant: this crate sits at the edge of the pipeline, next to the binaries
 //! (`cargo xtask eda`, the search demo). It takes plain Rust data (slices, strings, paths,
-//! `image::RgbImage`) and must never depend on another imsearch crate nor on candle, so that
-//! rendering a report never pulls in a model. `cargo tree -p imsearch-report -e normal` must
-//! show no `imsearch-*` and no `candle-*` package.
+//! `image::RgbImage`) and must never depend on another imsearch crate but imsearch-fsio, nor on
+//! candle, so that rendering a report never pulls in a model. `cargo tree -p imsearch-report -e
+//! normal` must show no `imsearch-*` package other than `imsearch-fsio` and no `candle-*`.
 //!
 //! Text in PNGs is drawn with DejaVu Sans embedded in the binary (the `dejavu` crate), so no
-//! system font is needed at run time. Every file is written atomically: to a temporary name in
-//! the destination directory, then renamed.
+//! system font is needed at run time. Every file is written atomically by imsearch-fsio: to a
+//! temporary name in the destination directory, then renamed.
 
 pub mod describe;
 pub mod html;

@@ -19,6 +19,9 @@
 //! Architecture invariant: no dependency on candle or any other imsearch crate; a backend is
 //! anything that implements [`Backend`]. The response types make leaking a blocked image hard:
 //! a blocked [`Hit`] has no image URL by construction ([`Hit::from_ranked`]).
+//!
+//! With the `check` feature, [`check`] load-tests a running server over HTTP and drives its page
+//! in headless Chromium.
 
 use std::{collections::HashSet, future::Future, io, sync::Arc, time::Instant};
 
@@ -31,6 +34,9 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::Semaphore};
+
+#[cfg(feature = "check")]
+pub mod check;
 
 /// The text a blocked image or query shows (the same as imsearch-compliance's `DISCLAIMER`; this
 /// crate does not depend on it, and xtask's tests check the two agree).

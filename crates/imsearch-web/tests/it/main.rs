@@ -14,6 +14,9 @@ use http_body_util::BodyExt;
 use imsearch_web::{router, Answer, ApiError, Backend, ImageLookup, Limits, Ranked, SearchResponse, DISCLAIMER};
 use tower::ServiceExt;
 
+#[cfg(feature = "check")]
+mod check;
+
 /// Three images; id 1 is blocked; "child" queries are blocked; "fail" makes the backend fail.
 struct Table {
     searches: AtomicUsize,

@@ -1,0 +1,400 @@
+//! The saved engine: the best scorer as one directory that a server loads.
+//!
+//! ```text
+//! <dir>/engine.json           versioned spec: layout, members, weights, neighbours, bridge, recipe
+//! <dir>/engine.safetensors    neighbour gallery and captions, caption bank, class texts, classifier heads
+//! <dir>/members/<i>/fusion.*  each fusion member's checkpoint
+//! ```
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use candle::{Device, Tensor};
+use imsearch_fusion::FusionModel;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bridge::Bridge,
+    neighbours::{Neighbourhood, Neighbours},
+    scorer::{BankNormalised, Columns, Ensemble, Fusion, Scorer},
+    Error, Result,
+};
+
+/// The spec format this build writes and reads.
+pub const ENGINE_FORMAT: u32 = 1;
+
+/// What the saved engine is called in reports (the name eval's table gives it).
+pub const ENGINE_SCORER: &str = "ensemble: fusion models + caption neighbours + class bridge";
+
+const SPEC_FILE: &str = "engine.json";
+const TENSORS_FILE: &str = "engine.safetensors";
+
+/// One image encoder's slice of the feature rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePart {
+    /// The features' model id, e.g. `mobilenet-v2@center+center-flipped`.
+    pub id: String,
+    pub dim: usize,
+}
+
+impl ImagePart {
+    /// The encoder's id without its views (`mobilenet-v2`).
+    pub fn encoder(&self) -> &str {
+        self.id.split('@').next().unwrap_or(&self.id)
+    }
+}
+
+/// The texts the bridge embeds for each ImageNet class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassTexts {
+    /// The bare class names.
+    Names,
+    /// "a photo of a ..." sentences.
+    Sentences,
+}
+
+/// One fusion member of the recipe: the encoders it reads (all of the layout's, or one) and
+/// how many epochs it trains on every training image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRecipe {
+    /// Encoder ids (`mobilenet-v2`, ...); empty: every encoder of the layout.
+    pub encoders: Vec<String>,
+    pub epochs: usize,
+}
+
+/// Everything chosen on validation that makes an engine from training data: its members and
+/// their epochs, the ensemble's weights, the neighbourhood and the bridge's settings.
+/// `cargo xtask eval` chooses it; [`Recipe::default`] is its last choice, so a build without an
+/// evaluation trains only what the engine needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub members: Vec<MemberRecipe>,
+    /// Weights of the fusion members (z-scores averaged), the caption neighbours and the class
+    /// bridge (both bank-normalised).
+    pub weights: [f32; 3],
+    pub neighbours: Neighbourhood,
+    pub bridge_temperature: f64,
+    pub class_texts: ClassTexts,
+}
+
+impl Default for Recipe {
+    /// The choice of `cargo xtask eval` with seed 0 on the pooled validation captions of three
+    /// splits (docs/results.md): the fusion model on all three encoders and one per encoder,
+    /// each retrained on every training image for the epochs early stopping chose on its
+    /// split; 20 neighbours at temperature 1; class sentences at temperature 1; weights 1, 0.5,
+    /// 0.25.
+    fn default() -> Self {
+        let member = |encoders: &[&str], epochs| MemberRecipe {
+            encoders: encoders.iter().map(|e| (*e).to_owned()).collect(),
+            epochs,
+        };
+        Recipe {
+            members: vec![
+                member(&[], 7),
+                member(&["mobilenet-v2"], 6),
+                member(&["efficientnet-lite0"], 2),
+                member(&["efficientnet-lite2"], 2),
+            ],
+            weights: [1.0, 0.5, 0.25],
+            neighbours: Neighbourhood { k: 20, temperature: 1.0 },
+            bridge_temperature: 1.0,
+            class_texts: ClassTexts::Sentences,
+        }
+    }
+}
+
+/// One fusion member as the spec records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    pub name: String,
+    /// Its checkpoint folder, relative to the engine's folder.
+    pub checkpoint: String,
+    /// The columns of the feature rows it reads.
+    pub offset: usize,
+    pub dim: usize,
+    pub epochs: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    format: u32,
+    scorer: String,
+    image_layout: Vec<ImagePart>,
+    text_encoder: String,
+    members: Vec<MemberSpec>,
+    gallery_images: usize,
+    bank_captions: usize,
+    classifier_heads: usize,
+    recipe: Recipe,
+    /// Free-form provenance (the seed, what chose the recipe and its validation figure).
+    provenance: serde_json::Value,
+}
+
+/// What [`Engine::new`] assembles: trained members and the training-free parts.
+pub struct EngineData {
+    pub image_layout: Vec<ImagePart>,
+    pub text_encoder: String,
+    /// Each member with the checkpoint folder it was saved in (copied into the engine's own).
+    pub members: Vec<(MemberRecipe, FusionModel, PathBuf)>,
+    /// Caption neighbours over every training image.
+    pub neighbours: Neighbours,
+    /// The class bridge with the recipe's class texts and temperature.
+    pub bridge: Bridge,
+    /// `(b, text_dim)` the caption bank the training-free parts are normalised over.
+    pub bank: Tensor,
+    pub recipe: Recipe,
+    pub provenance: serde_json::Value,
+}
+
+/// The best scorer, ready to prepare a collection and rank texts against it.
+pub struct Engine {
+    spec: Spec,
+    members: Vec<(FusionModel, PathBuf)>,
+    neighbours: Neighbours,
+    bridge: Bridge,
+    bank: Tensor,
+    scorer: Arc<dyn Scorer>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Assembles an engine from its parts; an error when a member's encoders are not in the
+    /// layout.
+    pub fn new(data: EngineData) -> Result<Engine> {
+        let mut members = Vec::new();
+        let mut specs = Vec::new();
+        for (i, (recipe, model, checkpoint)) in data.members.into_iter().enumerate() {
+            let (offset, dim) = member_columns(&data.image_layout, &recipe.encoders)?;
+            let name = if recipe.encoders.is_empty() {
+                format!("fusion on {}", data.image_layout.iter().map(ImagePart::encoder).collect::<Vec<_>>().join("+"))
+            } else {
+                format!("fusion on {}", recipe.encoders.join("+"))
+            };
+            specs.push(MemberSpec { name, checkpoint: format!("members/{i}"), offset, dim, epochs: recipe.epochs });
+            members.push((model, checkpoint));
+        }
+        let spec = Spec {
+            format: ENGINE_FORMAT,
+            scorer: ENGINE_SCORER.to_owned(),
+            image_layout: data.image_layout,
+            text_encoder: data.text_encoder,
+            members: specs,
+            gallery_images: data.neighbours.len(),
+            bank_captions: data.bank.dims2()?.0,
+            classifier_heads: 0,
+            recipe: data.recipe,
+            provenance: data.provenance,
+        };
+        Engine::assemble(spec, members, data.neighbours, data.bridge, data.bank)
+    }
+
+    fn assemble(
+        mut spec: Spec,
+        members: Vec<(FusionModel, PathBuf)>,
+        neighbours: Neighbours,
+        bridge: Bridge,
+        bank: Tensor,
+    ) -> Result<Engine> {
+        let width: usize = spec.image_layout.iter().map(|p| p.dim).sum();
+        let mut group: Vec<Arc<dyn Scorer>> = Vec::new();
+        for ((model, _), m) in members.iter().zip(&spec.members) {
+            let fusion: Arc<dyn Scorer> = Arc::new(Fusion::new(model.clone()));
+            group.push(if m.dim == width { fusion } else { Arc::new(Columns::new(fusion, m.offset, m.dim)) });
+        }
+        if group.is_empty() {
+            return Err(Error::Invalid("an engine needs at least one fusion member".into()));
+        }
+        let w = spec.recipe.weights;
+        let neighbours_scorer: Arc<dyn Scorer> = Arc::new(neighbours.clone());
+        let bridge_scorer: Arc<dyn Scorer> = Arc::new(bridge.clone());
+        let scorer: Arc<dyn Scorer> = Arc::new(Ensemble::new(vec![
+            (Arc::new(Ensemble::equal(group)), w[0]),
+            (Arc::new(BankNormalised::new(neighbours_scorer, bank.clone())), w[1]),
+            (Arc::new(BankNormalised::new(bridge_scorer, bank.clone())), w[2]),
+        ]));
+        spec.classifier_heads = spec.image_layout.len();
+        Ok(Engine { spec, members, neighbours, bridge, bank, scorer })
+    }
+
+    /// The ensemble as a scorer (`Send + Sync`).
+    pub fn scorer(&self) -> Arc<dyn Scorer> {
+        self.scorer.clone()
+    }
+
+    /// The feature layout it reads: the image parts' ids joined by `+`.
+    pub fn layout(&self) -> String {
+        layout_name(&self.spec.image_layout)
+    }
+
+    pub fn image_layout(&self) -> &[ImagePart] {
+        &self.spec.image_layout
+    }
+
+    pub fn text_encoder(&self) -> &str {
+        &self.spec.text_encoder
+    }
+
+    pub fn recipe(&self) -> &Recipe {
+        &self.spec.recipe
+    }
+
+    pub fn members(&self) -> &[MemberSpec] {
+        &self.spec.members
+    }
+
+    /// The scorer's name in reports.
+    pub fn name(&self) -> &str {
+        &self.spec.scorer
+    }
+
+    pub fn provenance(&self) -> &serde_json::Value {
+        &self.spec.provenance
+    }
+
+    /// Writes the engine into `dir`: built beside it under a temporary name, then swapped in,
+    /// so a killed save leaves the previous engine (or none), never half of one.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("engine");
+        fs::create_dir_all(parent).map_err(|source| Error::Write { path: parent.to_owned(), source })?;
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let write = |path: &Path, bytes: &[u8]| {
+            fs::write(path, bytes).map_err(|source| Error::Write { path: path.to_owned(), source })
+        };
+        for ((_, checkpoint), m) in self.members.iter().zip(&self.spec.members) {
+            let to = tmp.join(&m.checkpoint);
+            fs::create_dir_all(&to).map_err(|source| Error::Write { path: to.clone(), source })?;
+            for file in ["fusion.safetensors", "fusion.json"] {
+                let from = checkpoint.join(file);
+                let bytes = fs::read(&from).map_err(|source| Error::Read { path: from.clone(), source })?;
+                write(&to.join(file), &bytes)?;
+            }
+        }
+        let mut tensors = HashMap::new();
+        self.neighbours.to_tensors("neighbours", &mut tensors)?;
+        self.bridge.to_tensors("bridge", &mut tensors);
+        tensors.insert("bank".to_owned(), self.bank.clone());
+        candle::safetensors::save(&tensors, tmp.join(TENSORS_FILE))?;
+        let json = serde_json::to_string_pretty(&self.spec).expect("a spec serialises");
+        write(&tmp.join(SPEC_FILE), json.as_bytes())?;
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if dir.exists() {
+            fs::rename(dir, &old).map_err(|source| Error::Write { path: dir.to_owned(), source })?;
+        }
+        fs::rename(&tmp, dir).map_err(|source| Error::Write { path: dir.to_owned(), source })?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Whether `dir` holds an engine spec at all (it may still fail to load).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(SPEC_FILE).is_file()
+    }
+
+    /// Reads the engine in `dir`. An engine of another format, or made for another feature
+    /// layout (`expected_layout`: the image parts' ids joined by `+`) or text encoder, is an
+    /// error naming both.
+    pub fn load(dir: &Path, expected_layout: &str, text_encoder: &str) -> Result<Engine> {
+        let spec_path = dir.join(SPEC_FILE);
+        let text = fs::read_to_string(&spec_path).map_err(|source| Error::Read { path: spec_path.clone(), source })?;
+        // The format first, so an engine of another version gets that message, not a field error.
+        let format = serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|source| Error::Spec { path: spec_path.clone(), source })?["format"]
+            .as_u64();
+        if format != Some(u64::from(ENGINE_FORMAT)) {
+            return Err(Error::Format {
+                path: dir.to_owned(),
+                found: format.map_or(0, |f| f as u32),
+                expected: ENGINE_FORMAT,
+            });
+        }
+        let spec: Spec = serde_json::from_str(&text).map_err(|source| Error::Spec { path: spec_path, source })?;
+        let layout = layout_name(&spec.image_layout);
+        if layout != expected_layout {
+            return Err(Error::Layout { path: dir.to_owned(), found: layout, expected: expected_layout.to_owned() });
+        }
+        if spec.text_encoder != text_encoder {
+            return Err(Error::Layout {
+                path: dir.to_owned(),
+                found: spec.text_encoder.clone(),
+                expected: text_encoder.to_owned(),
+            });
+        }
+        let tensors_path = dir.join(TENSORS_FILE);
+        if !tensors_path.is_file() {
+            return Err(Error::Missing { path: dir.to_owned(), what: TENSORS_FILE.into() });
+        }
+        let tensors = candle::safetensors::load(&tensors_path, &Device::Cpu)?;
+        let missing = |what: &str| Error::Missing { path: dir.to_owned(), what: what.to_owned() };
+        let neighbours = Neighbours::from_tensors(&tensors, "neighbours", spec.recipe.neighbours)
+            .ok_or_else(|| missing("a valid neighbour gallery"))?;
+        let bridge = Bridge::from_tensors(&tensors, "bridge", spec.image_layout.len(), spec.recipe.bridge_temperature)
+            .ok_or_else(|| missing("the class bridge's tensors"))?;
+        let bank = tensors.get("bank").cloned().ok_or_else(|| missing("the caption bank"))?;
+        let mut members = Vec::new();
+        for m in &spec.members {
+            let ids: Vec<&str> = spec
+                .image_layout
+                .iter()
+                .scan(0, |at, p| {
+                    let start = *at;
+                    *at += p.dim;
+                    Some((start, p))
+                })
+                .filter(|(start, p)| *start >= m.offset && start + p.dim <= m.offset + m.dim)
+                .map(|(_, p)| p.id.as_str())
+                .collect();
+            let checkpoint = dir.join(&m.checkpoint);
+            let model = FusionModel::load(&checkpoint, &ids.join("+"), text_encoder, &Device::Cpu)?;
+            members.push((model, checkpoint));
+        }
+        Engine::assemble(spec, members, neighbours, bridge, bank)
+    }
+}
+
+/// The image parts' ids joined by `+`.
+pub fn layout_name(parts: &[ImagePart]) -> String {
+    parts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join("+")
+}
+
+/// The columns a member on `encoders` reads: every part when empty, else exactly one part.
+fn member_columns(layout: &[ImagePart], encoders: &[String]) -> Result<(usize, usize)> {
+    let width = layout.iter().map(|p| p.dim).sum();
+    match encoders {
+        [] => Ok((0, width)),
+        [one] => {
+            let mut offset = 0;
+            for p in layout {
+                if p.encoder() == one {
+                    return Ok((offset, p.dim));
+                }
+                offset += p.dim;
+            }
+            Err(Error::Invalid(format!(
+                "a fusion member reads {one}, which is not in the layout {}",
+                layout_name(layout)
+            )))
+        }
+        _ => Err(Error::Invalid(format!(
+            "a fusion member reads every encoder or one, not {} (layout {})",
+            encoders.join("+"),
+            layout_name(layout)
+        ))),
+    }
+}

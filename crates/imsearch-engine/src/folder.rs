@@ -1,0 +1,318 @@
+//! A folder of photos indexed by every image encoder: one embedding cache per encoder, refreshed
+//! incrementally (new and changed files encoded, deleted ones dropped), rows side by side.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use candle::Device;
+use imsearch_index::{Content, EmbeddingCache, Item};
+use imsearch_vision::{EncoderKind, ImageEncoder, View};
+use serde::Serialize;
+
+use crate::{engine::ImagePart, Error, Result};
+
+/// File extensions indexed (the image decoders the workspace enables).
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// What indexing a folder did.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexSummary {
+    pub images_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Images with an embedding from every encoder: the ones searched.
+    pub indexed: usize,
+    /// Images encoded now, reused from the cache, dropped (deleted files); the most any encoder
+    /// did (the fewest, for `reused`).
+    pub encoded: usize,
+    pub reused: usize,
+    pub removed: usize,
+    /// Files that could not be read or decoded, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Files that are not images by extension.
+    pub ignored_files: usize,
+}
+
+impl std::fmt::Display for IndexSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} images in {} ({} encoded, {} reused, {} removed; {} skipped, {} other files ignored); cache {}",
+            self.indexed,
+            self.images_dir.display(),
+            self.encoded,
+            self.reused,
+            self.removed,
+            self.skipped.len(),
+            self.ignored_files,
+            self.cache_dir.display()
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub file: String,
+    pub reason: String,
+}
+
+/// A folder's images with the features of every encoder side by side.
+#[derive(Debug, Clone)]
+pub struct FolderIndex {
+    /// Relative paths (with `/`) of the images with every encoder's features, sorted.
+    pub keys: Vec<String>,
+    /// Row-major `(keys.len(), dim)`.
+    pub features: Vec<f32>,
+    pub dim: usize,
+    /// Each encoder's part of a row, in order.
+    pub parts: Vec<ImagePart>,
+    pub summary: IndexSummary,
+}
+
+/// How to index a folder.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// The encoders and the id under which each one's features are cached (views included).
+    pub encoders: Vec<(EncoderKind, String)>,
+    /// Views of each image whose features are averaged.
+    pub views: Vec<View>,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Where the caches of every folder go (one subfolder per folder).
+    pub cache_root: PathBuf,
+}
+
+impl FolderIndex {
+    /// Brings the folder's caches in line with its files and gathers the rows. `load_encoder`
+    /// is called only when an encoder has work to do; `progress(encoder, done, total)` reports.
+    pub fn open(
+        folder: &Path,
+        options: &IndexOptions,
+        load_encoder: &dyn Fn(EncoderKind) -> std::result::Result<Box<dyn ImageEncoder>, String>,
+        progress: &dyn Fn(&str, usize, usize),
+    ) -> Result<FolderIndex> {
+        if !folder.is_dir() {
+            return Err(Error::Invalid(format!("{} is not a folder", folder.display())));
+        }
+        let root = folder.canonicalize().map_err(|source| Error::Read { path: folder.to_owned(), source })?;
+        let (files, ignored) = list_images(&root)?;
+        let items: Vec<Item> = files.iter().map(|(key, path)| Item::file(key.clone(), path.clone())).collect();
+        let digest = root
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let cache_dir = options.cache_root.join(format!("{digest:016x}"));
+
+        let mut caches = Vec::new();
+        let mut skipped: BTreeMap<String, String> = BTreeMap::new();
+        let (mut encoded, mut reused, mut removed) = (0, usize::MAX, 0);
+        for (kind, id) in &options.encoders {
+            let path = cache_dir.join(format!("{id}.safetensors"));
+            let mut encoder: Option<Box<dyn ImageEncoder>> = None;
+            let mut cache = match EmbeddingCache::load(&path) {
+                Ok(Some(cache)) if cache.model() == id => cache,
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!("rebuilding the index cache: {e}");
+                    }
+                    let enc = encoder.insert(load_encoder(*kind).map_err(Error::Invalid)?);
+                    EmbeddingCache::new(id.clone(), enc.dim())
+                }
+            };
+            let mut fatal = None;
+            let stats = cache.refresh(
+                &items,
+                options.batch,
+                |batch| {
+                    let enc = match &encoder {
+                        Some(e) => e,
+                        None => match load_encoder(*kind) {
+                            Ok(e) => encoder.insert(e),
+                            Err(why) => {
+                                fatal.get_or_insert(why.clone());
+                                return batch.iter().map(|_| Err(why.clone())).collect();
+                            }
+                        },
+                    };
+                    encode_images(enc.as_ref(), &options.views, batch)
+                },
+                |done| progress(kind.id(), done, items.len()),
+            )?;
+            if let Some(why) = fatal {
+                return Err(Error::Invalid(why));
+            }
+            if stats.encoded > 0 || stats.removed > 0 {
+                cache.save(&path)?;
+            }
+            // Per image, not per encoder run: every encoder sees the same files.
+            encoded = encoded.max(stats.encoded);
+            reused = reused.min(stats.reused);
+            removed = removed.max(stats.removed);
+            for (key, why) in stats.failed {
+                skipped.entry(key).or_insert(why);
+            }
+            caches.push(cache);
+        }
+
+        let rows: Vec<HashMap<&str, usize>> =
+            caches.iter().map(|c| c.keys().iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect()).collect();
+        let dim: usize = caches.iter().map(EmbeddingCache::dim).sum();
+        let parts = caches.iter().map(|c| ImagePart { id: c.model().to_owned(), dim: c.dim() }).collect();
+        let mut keys = Vec::new();
+        let mut features = Vec::new();
+        for (key, _) in &files {
+            let Some(found) = rows.iter().map(|r| r.get(key.as_str()).copied()).collect::<Option<Vec<usize>>>() else {
+                continue;
+            };
+            for (cache, row) in caches.iter().zip(found) {
+                features.extend_from_slice(cache.row(row));
+            }
+            keys.push(key.clone());
+        }
+        let summary = IndexSummary {
+            images_dir: root,
+            cache_dir,
+            indexed: keys.len(),
+            encoded,
+            reused: if options.encoders.is_empty() { 0 } else { reused },
+            removed,
+            skipped: skipped.into_iter().map(|(file, reason)| Skipped { file, reason }).collect(),
+            ignored_files: ignored,
+        };
+        Ok(FolderIndex { keys, features, dim, parts, summary })
+    }
+
+    /// Row `i`'s features of the parts `ids` side by side, in the index's order.
+    pub fn slices(&self, i: usize, ids: &[String]) -> Vec<f32> {
+        let row = &self.features[i * self.dim..(i + 1) * self.dim];
+        let mut out = Vec::new();
+        let mut at = 0;
+        for p in &self.parts {
+            if ids.contains(&p.id) {
+                out.extend_from_slice(&row[at..at + p.dim]);
+            }
+            at += p.dim;
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The file of row `row`.
+    pub fn path(&self, row: usize) -> Option<PathBuf> {
+        self.keys.get(row).map(|key| self.summary.images_dir.join(key))
+    }
+}
+
+/// Features of a batch of image files, averaged over `views`. A batch with an unreadable file
+/// is retried file by file, so only that file fails.
+pub fn encode_images(encoder: &dyn ImageEncoder, views: &[View], items: &[Item]) -> Vec<Result<Vec<f32>, String>> {
+    let paths: Vec<&Path> = items
+        .iter()
+        .map(|i| match &i.content {
+            Content::File(p) => p.as_path(),
+            Content::Text(_) => Path::new(""),
+        })
+        .collect();
+    match features(encoder, views, &paths) {
+        Ok(rows) => rows.into_iter().map(Ok).collect(),
+        Err(_) if paths.len() > 1 => paths
+            .iter()
+            .map(|p| features(encoder, views, &[p]).map(|mut r| r.remove(0)).map_err(|e| error_chain(e.as_ref())))
+            .collect(),
+        Err(e) => vec![Err(error_chain(e.as_ref()))],
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
+}
+
+fn features(
+    encoder: &dyn ImageEncoder,
+    views: &[View],
+    paths: &[&Path],
+) -> std::result::Result<Vec<Vec<f32>>, Box<dyn std::error::Error>> {
+    let xs = encoder.preprocess().load_batch(paths, views, &Device::Cpu)?;
+    let f = encoder.features(&xs)?;
+    let (_, dim) = f.dims2()?;
+    let f = f.reshape((paths.len(), views.len(), dim))?.mean(1)?;
+    Ok(f.to_vec2::<f32>()?)
+}
+
+/// The image files under `root` as (path relative to `root` with `/` separators, path), sorted,
+/// and the number of other files. Hidden entries are skipped; symbolic links to folders are not
+/// followed.
+pub fn list_images(root: &Path) -> Result<(Vec<(String, PathBuf)>, usize)> {
+    let mut images = Vec::new();
+    let mut ignored = 0;
+    let mut stack = vec![root.to_owned()];
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Read { path, source }
+    };
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(read_err(&dir))? {
+            let entry = entry.map_err(read_err(&dir))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(read_err(&path))?;
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !(kind.is_file() || (kind.is_symlink() && path.is_file())) {
+                continue;
+            }
+            let is_image = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            if !is_image {
+                ignored += 1;
+                continue;
+            }
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            let key = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            images.push((key, path));
+        }
+    }
+    images.sort();
+    Ok((images, ignored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_images_recursively_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::create_dir_all(dir.join(".hidden")).unwrap();
+        for f in ["b.JPG", "a.png", "notes.txt", "sub/c.jpeg", ".hidden/d.jpg", ".e.jpg"] {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        let (images, ignored) = list_images(dir).unwrap();
+        let keys: Vec<&str> = images.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a.png", "b.JPG", "sub/c.jpeg"]);
+        assert_eq!(ignored, 1);
+    }
+}

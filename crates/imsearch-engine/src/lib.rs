@@ -1,0 +1,46 @@
+//! The search engine: everything between embeddings and a ranked list of photos.
+//!
+//! - [`Scorer`]s: the fusion models ([`Fusion`], one encoder's columns with [`Columns`]), the
+//!   training-free caption neighbours ([`Neighbours`]) and ImageNet-class bridge ([`Bridge`]),
+//!   query-bank normalisation ([`BankNormalised`]) and the per-query z-scored [`Ensemble`], plus
+//!   the baselines ([`Random`], [`Regressor`]). Every scorer is `Send + Sync`; the work on the
+//!   images alone is done once by [`Scorer::prepare`] and kept by the caller (the index) in a
+//!   [`Prepared`], never in a cache inside the scorer.
+//! - [`Engine`]: the best scorer as one directory, a versioned JSON spec (`engine.json`: members
+//!   and their checkpoints, weights, neighbours, temperatures, class texts, feature layout, the
+//!   [`Recipe`] it was built from) plus `engine.safetensors` (neighbour gallery, caption bank,
+//!   class sentences, classifier heads). [`Engine::build`] makes one from training data and a
+//!   recipe, [`Engine::load`] reads one back.
+//! - [`FolderIndex`] and [`Searcher`]: a folder of photos indexed incrementally by the image
+//!   encoders, ranked for a text query by the engine, with the compliance policies applied (the
+//!   text policy gates the query; the image policy's decision per image, fail closed).
+//! - With the `web` feature, [`Searcher`] implements `imsearch_web::Backend`.
+//!
+//! Where it sits: the top of the library stack. It depends on the fusion, index, compliance,
+//! eval, text and vision crates; it never fetches weights (`imsearch-models`) and never reads
+//! the dataset (`imsearch-data`): callers hand it tensors, paths and pairs. Nothing but binaries
+//! depends on it.
+
+mod baselines;
+mod bridge;
+mod engine;
+mod error;
+mod folder;
+mod neighbours;
+mod scorer;
+mod searcher;
+pub mod select;
+#[cfg(feature = "web")]
+mod web;
+
+pub use baselines::{Random, Regressor};
+pub use bridge::{Bridge, ClassifierHead};
+pub use engine::{
+    layout_name, ClassTexts, Engine, EngineData, ImagePart, MemberRecipe, MemberSpec, Recipe, ENGINE_FORMAT,
+    ENGINE_SCORER,
+};
+pub use error::{Error, Result};
+pub use folder::{encode_images, list_images, FolderIndex, IndexOptions, IndexSummary, Skipped, IMAGE_EXTENSIONS};
+pub use neighbours::{Neighbourhood, Neighbours};
+pub use scorer::{combine, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer, BANK_Z_RANGE};
+pub use searcher::{ImagePolicySource, Ranked, Searcher};

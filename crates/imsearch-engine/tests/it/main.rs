@@ -1,0 +1,214 @@
+//! The saved engine: a round trip through disk scores the same, and an engine made for other
+//! encoders or another format is a clear error naming both.
+
+use std::{collections::BTreeMap, collections::HashMap, path::Path, sync::Arc};
+
+use candle::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use imsearch_engine::{
+    Bridge, ClassTexts, ClassifierHead, Engine, EngineData, Error, ImagePart, MemberRecipe, Neighbourhood, Neighbours,
+    Recipe, Scorer,
+};
+use imsearch_fusion::{FusionConfig, FusionModel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TEXT: &str = "toy-text";
+
+fn random(rng: &mut ChaCha8Rng, shape: (usize, usize)) -> Tensor {
+    let data: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn unit_rows(t: Tensor) -> Tensor {
+    t.broadcast_div(&t.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap()).unwrap()
+}
+
+/// A fusion model with random weights, saved in `dir`.
+fn member(dir: &Path, image_encoder: &str, image_dim: usize, seed: u64) -> FusionModel {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let config = FusionConfig {
+        image_encoder: image_encoder.into(),
+        text_encoder: TEXT.into(),
+        image_dim,
+        text_dim: 5,
+        hidden_dim: 0,
+        shared_dim: 3,
+        locked_text: false,
+    };
+    let model = FusionModel::new(config, vb).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut tensors = HashMap::new();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> =
+            (0..n).map(|_| if name.ends_with("inv_std") { 1.0 } else { rng.gen_range(-1.0..1.0) }).collect();
+        var.set(&Tensor::from_vec(values, dims, &Device::Cpu).unwrap()).unwrap();
+        tensors.insert(name.clone(), var.as_tensor().clone());
+    }
+    model.save(&tensors, dir).unwrap();
+    FusionModel::load(dir, image_encoder, TEXT, &Device::Cpu).unwrap()
+}
+
+/// A toy engine over two encoders of 4 and 2 features, 5-d texts.
+fn toy(dir: &Path) -> (Engine, Tensor, Tensor) {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let layout = vec![ImagePart { id: "a@center".into(), dim: 4 }, ImagePart { id: "b@center".into(), dim: 2 }];
+    let images = random(&mut rng, (8, 6));
+    let texts = unit_rows(random(&mut rng, (10, 5)));
+    let gallery: BTreeMap<usize, Vec<usize>> = (0..8).map(|i| (i, vec![i, (i + 1) % 10])).collect();
+    let neighbours = Neighbours::new(
+        &images,
+        &texts,
+        &gallery,
+        &(0..8).collect::<Vec<_>>(),
+        Neighbourhood { k: 3, temperature: 0.5 },
+    )
+    .unwrap();
+    let heads = vec![
+        ClassifierHead::new(random(&mut rng, (4, 3)), random(&mut rng, (1, 3)).squeeze(0).unwrap()).unwrap(),
+        ClassifierHead::new(random(&mut rng, (2, 3)), random(&mut rng, (1, 3)).squeeze(0).unwrap()).unwrap(),
+    ];
+    let bridge = Bridge::new(heads, unit_rows(random(&mut rng, (3, 5))), 1.0).unwrap();
+    let members = vec![
+        (
+            MemberRecipe { encoders: vec![], epochs: 3 },
+            member(&dir.join("m0"), "a@center+b@center", 6, 1),
+            dir.join("m0"),
+        ),
+        (
+            MemberRecipe { encoders: vec!["b".into()], epochs: 2 },
+            member(&dir.join("m1"), "b@center", 2, 2),
+            dir.join("m1"),
+        ),
+    ];
+    let recipe = Recipe {
+        members: members.iter().map(|m| m.0.clone()).collect(),
+        weights: [1.0, 0.5, 0.25],
+        neighbours: Neighbourhood { k: 3, temperature: 0.5 },
+        bridge_temperature: 1.0,
+        class_texts: ClassTexts::Sentences,
+    };
+    let engine = Engine::new(EngineData {
+        image_layout: layout,
+        text_encoder: TEXT.into(),
+        members,
+        neighbours,
+        bridge,
+        bank: texts.narrow(0, 0, 6).unwrap(),
+        recipe,
+        provenance: serde_json::json!({ "test": true }),
+    })
+    .unwrap();
+    let queries = unit_rows(random(&mut rng, (4, 5)));
+    let collection = random(&mut rng, (5, 6));
+    (engine, queries, collection)
+}
+
+fn scores(engine: &Engine, images: &Tensor, texts: &Tensor) -> Vec<Vec<f32>> {
+    let scorer: Arc<dyn Scorer> = engine.scorer();
+    scorer.matrix(&scorer.prepare(images).unwrap(), texts).unwrap()
+}
+
+#[test]
+fn a_saved_engine_scores_as_the_one_that_was_built() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (engine, queries, collection) = toy(tmp.path());
+    let before = scores(&engine, &collection, &queries);
+    let dir = tmp.path().join("engine");
+    engine.save(&dir).unwrap();
+    // A second save replaces the first whole.
+    engine.save(&dir).unwrap();
+    let loaded = Engine::load(&dir, "a@center+b@center", TEXT).unwrap();
+    assert_eq!(loaded.recipe(), engine.recipe());
+    assert_eq!(loaded.members().len(), 2);
+    let after = scores(&loaded, &collection, &queries);
+    for (a, b) in before.iter().flatten().zip(after.iter().flatten()) {
+        assert!((a - b).abs() < 1e-6, "{a} != {b}");
+    }
+    assert!(before.iter().flatten().all(|s| (0.0..=1.0).contains(s)));
+    // Different queries rank the collection differently (the ensemble is not a constant).
+    let order = |r: &Vec<f32>| {
+        let mut o: Vec<usize> = (0..r.len()).collect();
+        o.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
+        o
+    };
+    let orders: Vec<Vec<usize>> = before.iter().map(order).collect();
+    assert!(orders.iter().any(|o| o != &orders[0]), "{before:?}");
+    // Nothing but the engine is left in the parent folder.
+    let names: Vec<String> =
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+#[test]
+fn an_engine_for_other_encoders_or_another_format_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (engine, _, _) = toy(tmp.path());
+    let dir = tmp.path().join("engine");
+    engine.save(&dir).unwrap();
+    match Engine::load(&dir, "a@center", TEXT) {
+        Err(Error::Layout { found, expected, .. }) => {
+            assert_eq!(found, "a@center+b@center");
+            assert_eq!(expected, "a@center");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = Engine::load(&dir, "a@center+b@center", "minilm").unwrap_err().to_string();
+    assert!(err.contains(TEXT) && err.contains("minilm"), "{err}");
+    let spec = dir.join("engine.json");
+    let text = std::fs::read_to_string(&spec).unwrap().replacen("\"format\": 1", "\"format\": 99", 1);
+    std::fs::write(&spec, text).unwrap();
+    let err = Engine::load(&dir, "a@center+b@center", TEXT).unwrap_err();
+    assert!(matches!(err, Error::Format { found: 99, expected: 1, .. }), "{err:?}");
+    assert!(err.to_string().contains("99") && err.to_string().contains("format 1"), "{err}");
+    std::fs::remove_file(&spec).unwrap();
+    assert!(matches!(Engine::load(&dir, "a@center+b@center", TEXT), Err(Error::Read { .. })));
+}
+
+/// An "encoder" whose classifier is a known linear layer.
+struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+    preprocess: imsearch_vision::PreprocessConfig,
+}
+
+impl imsearch_vision::ImageEncoder for Linear {
+    fn id(&self) -> &str {
+        "linear"
+    }
+    fn dim(&self) -> usize {
+        self.weight_t.dims()[0]
+    }
+    fn preprocess(&self) -> &imsearch_vision::PreprocessConfig {
+        &self.preprocess
+    }
+    fn features(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        Ok(xs.clone())
+    }
+    fn logits(&self, features: &Tensor) -> candle::Result<Tensor> {
+        features.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+#[test]
+fn a_classifier_head_read_through_the_encoder_gives_its_logits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let encoder = Linear {
+        weight_t: random(&mut rng, (4, 3)),
+        bias: random(&mut rng, (1, 3)).squeeze(0).unwrap(),
+        preprocess: imsearch_vision::EncoderKind::MobileNetV2.preprocess(),
+    };
+    let head = ClassifierHead::of_encoder(&encoder).unwrap();
+    assert_eq!(head.dim(), 4);
+    let x = random(&mut rng, (5, 4));
+    let want: Vec<Vec<f32>> = imsearch_vision::ImageEncoder::logits(&encoder, &x).unwrap().to_vec2().unwrap();
+    let got: Vec<Vec<f32>> = head.logits(&x).unwrap().to_vec2().unwrap();
+    for (a, b) in want.iter().flatten().zip(got.iter().flatten()) {
+        assert!((a - b).abs() < 1e-5, "{a} != {b}");
+    }
+    // A bias that does not match the classes is an error.
+    assert!(ClassifierHead::new(random(&mut rng, (4, 3)), random(&mut rng, (1, 2)).squeeze(0).unwrap()).is_err());
+}

@@ -37,7 +37,8 @@ const FORBIDDEN: &[(&str, &[&str], &[&str])] = &[
     ),
     ("imsearch-web", &["candle", "imsearch-"], &[]),
     // The engine takes tensors, paths and pairs: it never fetches weights nor reads the dataset.
-    ("imsearch-engine", &["imsearch-models", "imsearch-data", "imsearch-report"], &[]),
+    ("imsearch-engine", &["imsearch-models", "imsearch-data", "imsearch-report", "imsearch-train"], &[]),
+    ("imsearch-train", &["imsearch-models", "imsearch-report", "imsearch-web"], &[]),
 ];
 
 /// Checks [`FORBIDDEN`] with `cargo tree`.

@@ -29,7 +29,7 @@ use crate::{
     embed::{self, EmbedOpts, Embeddings},
     models::ModelsArg,
     paths,
-    train::{self, Prepared, TrainOpts},
+    train::{self, TrainOpts},
 };
 
 pub(crate) use imsearch_compliance::PolicyCheckpoint;
@@ -157,9 +157,9 @@ pub(crate) fn load_or_train_image_policy(
     Ok((ckpt, path, true))
 }
 
-/// Every train image's features (the layout of `train::train_image_matrix`) and child evidence.
+/// Every train image's features (the layout of `imsearch_train::Embeddings::train_image_matrix`) and child evidence.
 fn policy_data(ds: &Dataset, emb: &Embeddings) -> Result<PolicyData> {
-    let (layout, ids, matrix) = train::train_image_matrix(emb)?;
+    let (layout, ids, matrix) = train::caches(emb).train_image_matrix()?;
     let (n, dim) = matrix.dims2()?;
     if n == 0 || dim == 0 {
         bail!("no train image has an embedding; run `cargo xtask embed` and check its report");
@@ -235,7 +235,7 @@ pub(crate) fn image_decision(ckpt: &PolicyCheckpoint, emb: &Embeddings, collecti
     ckpt.decide(&layout_name(emb), image_features(emb, collection, key).as_deref())
 }
 
-/// The layout name of the image features, as `train::train_image_matrix` builds it.
+/// The layout name of the image features, as `imsearch_train::Embeddings::train_image_matrix` builds it.
 fn layout_name(emb: &Embeddings) -> String {
     emb.images.iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>().join("+")
 }
@@ -270,7 +270,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
     let emb = embed::embed_all(&ds, &args.models.store()?, &args.embed)?;
     let split = split_opts(args.seed, args.train_fraction)?;
-    let prepared = Prepared::new(&ds, &emb, &split)?;
+    let prepared = train::prepare(&ds, &emb, &split)?;
     let text = text_figures(&ds, &prepared)?;
 
     let emb = args.policy.restrict(&emb, &args.embed)?;
@@ -315,7 +315,7 @@ fn split_opts(seed: u64, train_fraction: f64) -> Result<TrainOpts> {
 
 /// The text policy's figures on training (cross-checked against `cargo xtask train`'s filter)
 /// and on the test queries.
-fn text_figures(ds: &Dataset, prepared: &Prepared) -> Result<TextAudit> {
+fn text_figures(ds: &Dataset, prepared: &imsearch_train::TrainingData) -> Result<TextAudit> {
     let captions = ds.train_captions();
     let queries: Vec<(String, &str, &ImageId)> =
         ds.test_queries.iter().map(|q| (q.query.to_string(), q.text.as_str(), &q.image)).collect();

@@ -8,6 +8,7 @@
 //! `imsearch_web::check`; this job chooses the queries and the statuses, prints and writes files.
 
 use std::{
+    collections::HashMap,
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -16,12 +17,13 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use imsearch_compliance::{Decision, TextPolicy};
 use imsearch_data::Dataset;
+use imsearch_engine::Searcher;
 use imsearch_web::{
     check::{self, image_path, search_path, LoadRequest, Page},
     Backend, Limits,
 };
 
-use crate::{paths, search::Setup, serve};
+use crate::{embed, paths, search::Setup, serve, train};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -94,6 +96,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         let path = out.join("load.json");
         paths::write_atomic(&path, serde_json::to_string_pretty(&load)?.as_bytes())?;
         println!("web-check: load figures in {}", path.display());
+        ranks_agree(addr, &dataset, &backend, &args.setup)?;
 
         if args.no_browser {
             println!("web-check: browser test skipped (--no-browser)");
@@ -137,6 +140,44 @@ fn nth_request(
             LoadRequest::new(kind, search_path(q, 10), 200)
         }
     }
+}
+
+/// The page's API ranks each allowed test query's own image where the engine ranks it over the
+/// dataset's cached test embeddings (what `cargo xtask eval` measures): checked for every query
+/// whose image is shown in the top 50. Only when the server searches the dataset's test images.
+fn ranks_agree(addr: SocketAddr, ds: &Dataset, searcher: &Searcher, setup: &Setup) -> Result<()> {
+    let folder = ds.root.join("test_images").canonicalize().ok();
+    if folder.as_ref() != Some(&searcher.summary().images_dir) {
+        println!("web-check: ranks not compared (the server does not search the dataset's test images)");
+        return Ok(());
+    }
+    let row: HashMap<String, usize> =
+        (0..searcher.len()).filter_map(|r| Some((searcher.path(r)?.file_name()?.to_str()?.to_owned(), r))).collect();
+    let emb = embed::embed_all(ds, &setup.pipeline.models.store()?, &setup.pipeline.embed)?;
+    let ids: Vec<&str> = ds.test_images.iter().map(|r| r.image.as_str()).collect();
+    let scorer = searcher.engine().scorer();
+    let prepared = scorer.prepare(&train::test_image_matrix(&emb, &ids)?)?;
+    let policy = TextPolicy::default();
+    let (mut same, mut hidden, mut below) = (0, 0, 0);
+    for q in ds.test_queries.iter().filter(|q| policy.matched(&q.text).is_none()) {
+        let column = ids.iter().position(|i| *i == q.image.as_str()).context("a test query's image is not listed")?;
+        let text = embed::rows(&emb.texts, &[q.query.to_string().as_str()])?;
+        let want = imsearch_eval::rank_of(&scorer.matrix(&prepared, &text)?[0], column);
+        let url = image_path(row[q.image.as_str()] as u64);
+        let answer = check::api_search(addr, &q.text, 50)?;
+        let got = answer.results.iter().find(|h| h.image.as_deref() == Some(url.as_str())).map(|h| h.rank);
+        match (got, answer.results.get(want - 1)) {
+            (Some(rank), _) if rank == want => same += 1,
+            (None, Some(slot)) if slot.blocked => hidden += 1,
+            (None, None) => below += 1,
+            _ => bail!("test query {} ranks its image {got:?} in the page's API, {want} in the engine", q.query),
+        }
+    }
+    println!(
+        "web-check: the API ranks every allowed test query's image as the engine does ({same} shown at the same rank, \
+         {hidden} blocked by the image policy, {below} below the top 50)"
+    );
+    Ok(())
 }
 
 /// The first of `queries` whose top 10 holds both shown and blocked images.

@@ -1,11 +1,7 @@
 //! The image policy's checkpoint: one JSON file with the policy, the feature layout it reads and
 //! how it was chosen, read and written by any service (`compliance-seed0.json`).
 
-use std::{
-    fs,
-    io::{self, Write},
-    path::Path,
-};
+use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +68,10 @@ impl PolicyCheckpoint {
     /// folder (created if missing), then renamed, so a reader never sees half a file.
     pub fn write(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self).map_err(|source| Error::Encode { path: path.into(), source })?;
-        write_atomic(path, json.as_bytes()).map_err(|source| Error::Write { path: path.into(), source })
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|source| Error::Write { path: path.into(), source })?;
+        imsearch_fsio::write_bytes_atomic(path, json.as_bytes())
+            .map_err(|source| Error::Save { path: path.into(), source })
     }
 
     /// An error naming both layouts unless the policy reads features of `layout` and `dim`.
@@ -98,24 +97,6 @@ impl PolicyCheckpoint {
         }
         self.policy.decide(features)
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary may not exist if `create` failed.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -188,7 +169,7 @@ mod tests {
         let path = dir.0.join("compliance-seed0.json");
         fs::create_dir_all(path.join("inside")).unwrap();
         let err = ckpt.write(&path).unwrap_err();
-        assert!(matches!(err, Error::Write { .. }) && err.to_string().contains("compliance-seed0.json"), "{err}");
+        assert!(matches!(err, Error::Save { .. }) && err.to_string().contains("compliance-seed0.json"), "{err}");
         assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 1, "the temporary is removed");
     }
 

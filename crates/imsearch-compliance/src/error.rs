@@ -53,4 +53,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("failed to write {path}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: imsearch_fsio::Error,
+    },
 }

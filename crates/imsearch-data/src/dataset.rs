@@ -113,6 +113,12 @@ impl LoadReport {
     pub fn total_skipped(&self) -> usize {
         self.files.iter().map(|f| f.skips.len()).sum()
     }
+
+    /// Skipped rows counted as (file, reason, rows), files in reading order, reasons sorted.
+    pub fn skipped(&self) -> Vec<(&str, &'static str, usize)> {
+        let per_file = self.files.iter().map(|f| f.skip_counts().into_iter().map(|(r, n)| (f.file.as_str(), r, n)));
+        per_file.flatten().collect()
+    }
 }
 
 /// A dataset directory in its published layout, validated.

@@ -11,6 +11,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("failed to write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to remove {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}:{line}: {message}")]
     Csv { path: PathBuf, line: u64, message: String },
     #[error("{path}:{line}: field `{field}`: {message}")]

@@ -9,8 +9,9 @@
 //! - [`Engine`]: the best scorer as one directory, a versioned JSON spec (`engine.json`: members
 //!   and their checkpoints, weights, neighbours, temperatures, class texts, feature layout, the
 //!   [`Recipe`] it was built from) plus `engine.safetensors` (neighbour gallery, caption bank,
-//!   class sentences, classifier heads). [`Engine::build`] makes one from training data and a
-//!   recipe, [`Engine::load`] reads one back.
+//!   class sentences, classifier heads). [`Engine::new`] assembles one from trained members and
+//!   the training-free parts (imsearch-train builds them from a dataset and a recipe),
+//!   [`Engine::save`] writes it, [`Engine::load`] reads it back.
 //! - [`FolderIndex`] and [`Searcher`]: a folder of photos indexed incrementally by the image
 //!   encoders, ranked for a text query by the engine, with the compliance policies applied (the
 //!   text policy gates the query; the image policy's decision per image, fail closed).
@@ -18,8 +19,8 @@
 //!
 //! Where it sits: the top of the library stack. It depends on the fusion, index, compliance,
 //! eval, text and vision crates; it never fetches weights (`imsearch-models`) and never reads
-//! the dataset (`imsearch-data`): callers hand it tensors, paths and pairs. Nothing but binaries
-//! depends on it.
+//! the dataset (`imsearch-data`): callers hand it tensors, paths and pairs. No library crate but
+//! imsearch-train (which builds engines) depends on it.
 
 mod baselines;
 mod bridge;

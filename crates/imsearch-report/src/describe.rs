@@ -80,6 +80,16 @@ impl Table {
         Table { name: name.into(), columns, rows: Vec::new() }
     }
 
+    /// A table whose every cell is present.
+    pub fn from_cells<C: AsRef<str>>(name: impl Into<String>, columns: &[C], rows: Vec<Vec<String>>) -> Self {
+        let columns = columns.iter().map(|c| c.as_ref().to_owned()).collect();
+        Table {
+            name: name.into(),
+            columns,
+            rows: rows.into_iter().map(|r| r.into_iter().map(Some).collect()).collect(),
+        }
+    }
+
     /// The first `n` rows (all of them if there are fewer).
     pub fn head(&self, n: usize) -> &[Vec<Option<String>>] {
         &self.rows[..n.min(self.rows.len())]

@@ -20,6 +20,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Creating an output folder failed.
+    #[error("failed to create {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Removing a stale output file failed.
+    #[error("failed to remove {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// An input image could not be decoded (corrupt file, unsupported format).
     #[error("failed to decode image {path}")]
     Decode {

@@ -1,5 +1,8 @@
 //! Turns plain data into things a person looks at: describe-style tables, PNG plots, image
-//! sheets (grids of captioned tiles) and small HTML pages.
+//! sheets (grids of captioned tiles) and small HTML pages; and two reports made of them:
+//! [`results`] (ranked results of labelled queries: a contact sheet, a PNG per query and a page,
+//! blocked queries and results shown as the disclaimer the caller passes) and [`dataset`] (the
+//! plots and the page that explain a graded dataset).
 //!
 //! Architecture invariant: this crate sits at the edge of the pipeline, next to the binaries
 //! (`cargo xtask eda`, the search demo). It takes plain Rust data (slices, strings, paths,
@@ -11,9 +14,11 @@
 //! system font is needed at run time. Every file is written atomically by imsearch-fsio: to a
 //! temporary name in the destination directory, then renamed.
 
+pub mod dataset;
 pub mod describe;
 pub mod html;
 pub mod plot;
+pub mod results;
 pub mod sheet;
 
 mod error;

@@ -57,3 +57,25 @@ fn aggregates_with_a_full_outer_join() {
     // Majority 1 -> 0.0, crowd 1/4.
     assert!((beach.label.get() - 0.3 * 0.25).abs() < 1e-6);
 }
+
+#[test]
+fn generator_makes_the_committed_text_files_and_names_every_committed_image() {
+    let fixture = imsearch_data::fixtures::tiny();
+    for (name, body) in &fixture.texts {
+        let committed = std::fs::read_to_string(fixture_dir().join(name)).unwrap();
+        assert_eq!(&committed, body, "{name} differs from the generator's; run `cargo xtask fixtures`");
+    }
+    let mut committed_images: Vec<String> =
+        [imsearch_data::files::TRAIN_IMAGE_DIR, imsearch_data::files::TEST_IMAGE_DIR]
+            .iter()
+            .flat_map(|dir| {
+                std::fs::read_dir(fixture_dir().join(dir))
+                    .unwrap()
+                    .map(move |e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()))
+            })
+            .collect();
+    committed_images.sort();
+    let mut generated: Vec<String> = fixture.images.iter().map(|i| i.path.clone()).collect();
+    generated.sort();
+    assert_eq!(committed_images, generated);
+}

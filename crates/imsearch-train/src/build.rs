@@ -1,0 +1,124 @@
+//! The engine of a recipe, built from every training image: its fusion members trained (or
+//! reused) on every training image for their epochs, the caption neighbours over every
+//! training image, the class bridge from the encoders' heads, the bank of every training
+//! caption.
+
+use std::{collections::BTreeMap, path::Path, time::Instant};
+
+use candle::{Device, Tensor};
+use imsearch_engine::{
+    Bridge, ClassifierHead, Engine, EngineData, ImagePart, MemberRecipe, Neighbourhood, Neighbours, Recipe,
+};
+use imsearch_fusion::PairSet;
+
+use crate::{Checkpoints, Embeddings, Error, Event, Result, TrainingData, CONFIRMED};
+
+/// What an engine is built from: the training data, the embeddings (for the class texts) and
+/// each image encoder's ImageNet classifier, in the layout's order.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub data: &'a TrainingData,
+    pub embeddings: &'a Embeddings<'a>,
+    pub heads: &'a [ClassifierHead],
+}
+
+/// [`Recipe::default`] for this layout: its members whose encoders are all present (only the
+/// model on every encoder when there is one).
+pub fn default_recipe(layout: &[ImagePart]) -> Recipe {
+    let mut recipe = Recipe::default();
+    let ids: Vec<&str> = layout.iter().map(ImagePart::encoder).collect();
+    let epochs = recipe.members.first().map_or(10, |m| m.epochs);
+    recipe.members.retain(|m| m.encoders.iter().all(|e| ids.contains(&e.as_str())));
+    if ids.len() == 1 {
+        recipe.members.retain(|m| m.encoders.is_empty());
+    }
+    if recipe.members.is_empty() {
+        recipe.members.push(MemberRecipe { encoders: Vec::new(), epochs });
+    }
+    recipe
+}
+
+/// Builds the engine of `recipe` from every training image and saves it in `dir`: each member
+/// retrained on every training image for its epochs (checkpoints of `checkpoints` reused unless
+/// it says retrain), the caption neighbours over every training image, the bridge's heads, the
+/// bank of every training caption. `provenance` gains the seed and the options' digest.
+pub fn build(
+    src: &Sources<'_>,
+    recipe: Recipe,
+    checkpoints: &Checkpoints,
+    mut provenance: serde_json::Value,
+    dir: &Path,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Engine> {
+    let (p, seed) = (src.data, checkpoints.options.seed);
+    let start = Instant::now();
+    let mut members = Vec::new();
+    for m in &recipe.members {
+        let (model, dir) = match m.encoders.as_slice() {
+            [] => checkpoints.load_or_train_all(p, seed, m.epochs, on_event)?,
+            [one] => {
+                let part = p
+                    .image_parts
+                    .iter()
+                    .position(|part| part.encoder() == one)
+                    .ok_or_else(|| Error::MemberNotInLayout(one.clone()))?;
+                checkpoints.only(part)?.load_or_train_all(&p.only(part)?, seed, m.epochs, on_event)?
+            }
+            more => return Err(Error::MemberEncoders(more.join("+"))),
+        };
+        members.push((m.clone(), model, dir));
+    }
+    let neighbours = neighbours_of(p, true, recipe.neighbours)?;
+    let classes = src.embeddings.class_rows(recipe.class_texts)?;
+    let bridge = Bridge::new(src.heads.to_vec(), classes, recipe.bridge_temperature)?;
+    let bank = caption_bank(p, &[&p.train, &p.validation])?;
+    provenance["seed"] = seed.into();
+    provenance["options"] = checkpoints.digest().into();
+    let engine = Engine::new(EngineData {
+        image_layout: p.image_parts.clone(),
+        text_encoder: p.text_encoder.clone(),
+        members,
+        neighbours,
+        bridge,
+        bank,
+        recipe,
+        provenance,
+    })?;
+    engine.save(dir)?;
+    on_event(Event::EngineBuilt { seconds: start.elapsed().as_secs_f64(), dir });
+    Ok(engine)
+}
+
+/// Caption neighbours whose gallery is the training side of the split, or (`all`) every
+/// training image with the validation side's captions and confirmed pairs too.
+pub fn neighbours_of(p: &TrainingData, all: bool, hood: Neighbourhood) -> Result<Neighbours> {
+    let mut gallery: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(t, i) in &p.train.positives {
+        gallery.entry(i).or_default().push(t);
+    }
+    if !all {
+        return Ok(Neighbours::new(&p.images, &p.texts, &gallery, &p.train.candidates, hood)?);
+    }
+    for &(t, i) in &p.validation.positives {
+        gallery.entry(i).or_default().push(t);
+    }
+    for &(i, t, y) in &p.validation.pairs {
+        if y >= CONFIRMED {
+            gallery.entry(i).or_default().push(t);
+        }
+    }
+    let all_rows: Vec<usize> = (0..p.images.dims2()?.0).collect();
+    Ok(Neighbours::new(&p.images, &p.texts, &gallery, &all_rows, hood)?)
+}
+
+/// The text rows of the distinct captions of `sets`' positives: the bank the training-free
+/// scorers are normalised over.
+pub fn caption_bank(p: &TrainingData, sets: &[&PairSet]) -> Result<Tensor> {
+    let rows: Vec<u32> = sets
+        .iter()
+        .flat_map(|s| s.positives.iter().map(|x| x.0 as u32))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(p.texts.index_select(&Tensor::new(rows.as_slice(), &Device::Cpu)?, 0)?)
+}

@@ -1,0 +1,349 @@
+//! The fusion models' checkpoints: one folder per training configuration (the seed and a digest
+//! of every option that changes the model), trained when absent and reused otherwise.
+//!
+//! ```text
+//! <dir>/fusion-seed<seed>-<digest>                 trained on the split, with train_report.json
+//! <dir>/fusion-seed<seed>-<digest>-init<n>         the same, initial weights from seed n
+//! <dir>/fusion-seed<seed>-<digest>[-init<n>]-all-e<epochs>   retrained on every training image
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use candle::Device;
+use imsearch_fusion::{FusionModel, PairSet, TrainConfig, TrainReport};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Event, Result, TrainingData, CONFIRMED};
+
+/// How a fusion model is trained: the split, its shape and the optimiser's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Seed of the split, the initial weights and the batch order.
+    pub seed: u64,
+    /// Share of the training images used for training; the rest validate.
+    pub train_fraction: f64,
+    /// Most epochs; training stops earlier when validation MRR stops improving.
+    pub epochs: usize,
+    /// Width of the shared space.
+    pub shared_dim: usize,
+    /// Width of each projection's hidden layer (0: linear projections).
+    pub hidden_dim: usize,
+    /// Weight of the contrastive term against the label cross-entropy.
+    pub contrastive_weight: f64,
+    pub learning_rate: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Temperature of the contrastive softmax.
+    pub temperature: f64,
+    /// Distinct images (one caption each) per contrastive step.
+    pub contrastive_batch: usize,
+    /// Share of the input features zeroed in each training row.
+    pub input_dropout: f64,
+    /// Keep the text side in the text encoder's space (no text projection; `shared_dim` is
+    /// ignored).
+    pub locked_text: bool,
+}
+
+impl Default for TrainOptions {
+    /// The best settings on the validation split (a contrastive weight of 4 beat 0 and 1).
+    fn default() -> Self {
+        let tc = TrainConfig::default();
+        TrainOptions {
+            seed: 0,
+            train_fraction: 0.7,
+            epochs: 20,
+            shared_dim: 256,
+            hidden_dim: 512,
+            contrastive_weight: 4.0,
+            learning_rate: 1e-3,
+            weight_decay: tc.weight_decay,
+            temperature: tc.temperature,
+            contrastive_batch: tc.contrastive_batch,
+            input_dropout: tc.input_dropout,
+            locked_text: false,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// The fusion crate's training configuration of these options.
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            seed: self.seed,
+            max_epochs: self.epochs,
+            contrastive_weight: self.contrastive_weight,
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            temperature: self.temperature,
+            contrastive_batch: self.contrastive_batch,
+            input_dropout: self.input_dropout,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// The options as the checkpoint digest reads them: the `Debug` text of the command-line
+    /// struct the folders were first named after (`TrainOpts`). Every saved checkpoint and
+    /// engine is found by it, so it must not change by one character (a test pins it).
+    fn digest_key(&self) -> String {
+        format!(
+            "TrainOpts {{ seed: {:?}, train_fraction: {:?}, epochs: {:?}, shared_dim: {:?}, hidden_dim: {:?}, \
+             contrastive_weight: {:?}, learning_rate: {:?}, weight_decay: {:?}, temperature: {:?}, \
+             contrastive_batch: {:?}, input_dropout: {:?}, locked_text: {:?} }}",
+            self.seed,
+            self.train_fraction,
+            self.epochs,
+            self.shared_dim,
+            self.hidden_dim,
+            self.contrastive_weight,
+            self.learning_rate,
+            self.weight_decay,
+            self.temperature,
+            self.contrastive_batch,
+            self.input_dropout,
+            self.locked_text
+        )
+    }
+}
+
+/// The checkpoints of one configuration: where they live, how they are named, and training or
+/// reusing them.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    /// The folder that holds every checkpoint folder.
+    pub dir: PathBuf,
+    /// The image encoders (as chosen, without views) whose features the model reads.
+    pub image_encoders: Vec<String>,
+    /// The views each encoder's features are averaged over.
+    pub views: Vec<String>,
+    pub options: TrainOptions,
+    /// Train again even when a checkpoint exists.
+    pub retrain: bool,
+}
+
+impl Checkpoints {
+    /// A digest of every option that changes a model: the encoders, views, training options
+    /// and the compliance lexicon (which decides the pairs trained on). FNV-1a, 16 hex digits.
+    pub fn digest(&self) -> String {
+        let key = format!(
+            "{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+            self.image_encoders,
+            self.views,
+            self.options.digest_key(),
+            TrainConfig::default(),
+            imsearch_compliance::LEXICON,
+            imsearch_compliance::PHRASES
+        );
+        let digest =
+            key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("{digest:016x}")
+    }
+
+    /// The same configuration on image encoder `part` alone (a member of the fusion ensemble).
+    pub fn only(&self, part: usize) -> Result<Checkpoints> {
+        let encoders = self.image_encoders.len();
+        let one = self.image_encoders.get(part).ok_or(Error::NoSuchPart { part, encoders })?;
+        Ok(Checkpoints { image_encoders: vec![one.clone()], ..self.clone() })
+    }
+
+    /// The same configuration on another split (and initial weights) of the training images.
+    pub fn with_seed(&self, seed: u64) -> Checkpoints {
+        let mut other = self.clone();
+        other.options.seed = seed;
+        other
+    }
+
+    /// The folder of the model trained on the split.
+    pub fn split_dir(&self) -> PathBuf {
+        self.split_dir_with(self.options.seed)
+    }
+
+    /// [`Checkpoints::split_dir`] of the model whose initial weights and batch order come from
+    /// `init_seed` (the split still comes from the options' seed).
+    pub fn split_dir_with(&self, init_seed: u64) -> PathBuf {
+        let name = format!("fusion-seed{}-{}", self.options.seed, self.digest());
+        if init_seed == self.options.seed {
+            self.dir.join(name)
+        } else {
+            self.dir.join(format!("{name}-init{init_seed}"))
+        }
+    }
+
+    /// The folder of the model of `init_seed` retrained on every training image for `epochs`.
+    pub fn all_dir(&self, init_seed: u64, epochs: usize) -> PathBuf {
+        let split = self.split_dir_with(init_seed);
+        let name = split.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        split.with_file_name(format!("{name}-all-e{epochs}"))
+    }
+
+    /// The epoch early stopping chose for the split model of `init_seed` (its train report).
+    pub fn best_epoch(&self, init_seed: u64) -> Result<usize> {
+        let path = self.split_dir_with(init_seed).join("train_report.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Parse { path: path.clone(), source })?;
+        let epoch = report["best_epoch"].as_u64().ok_or(Error::NoBestEpoch { path })?;
+        Ok(epoch as usize)
+    }
+
+    /// Trains on the split with the initial weights and batch order of `init_seed`, early
+    /// stopping on validation, and saves the model and its `train_report.json` in
+    /// [`Checkpoints::split_dir_with`]. Returns the model, the report and the folder.
+    pub fn train(
+        &self,
+        data: &TrainingData,
+        init_seed: u64,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(FusionModel, TrainReport, PathBuf)> {
+        let config = data.fusion_config(&self.options)?;
+        let tc = TrainConfig { seed: init_seed, ..self.options.train_config() };
+        let (model, dir) = (&data.image_encoder, self.split_dir_with(init_seed));
+        on_event(Event::Training { model, epochs: tc.max_epochs, all_images: false });
+        let start = Instant::now();
+        let (model, tensors, report) =
+            imsearch_fusion::train(config, &tc, &data.images, &data.texts, &data.train, &data.validation, |e| {
+                on_event(Event::Epoch { report: e, all_images: false })
+            })?;
+        on_event(Event::Trained {
+            model: &data.image_encoder,
+            all_images: false,
+            images: data.train.candidates.len(),
+            epochs: report.epochs.len(),
+            seconds: start.elapsed().as_secs_f64(),
+            dir: &dir,
+        });
+        model.save(&tensors, &dir)?;
+        let path = dir.join("train_report.json");
+        let json = serde_json::to_string_pretty(&report).expect("a train report serialises");
+        imsearch_fsio::write_bytes_atomic(&path, json.as_bytes()).map_err(|source| Error::Write { path, source })?;
+        Ok((model, report, dir))
+    }
+
+    /// The split model: its checkpoint unless it is absent, unusable or `retrain` is set, else
+    /// trained ([`Checkpoints::train`] from the options' seed).
+    pub fn load_or_train(&self, data: &TrainingData, on_event: &mut dyn FnMut(Event<'_>)) -> Result<FusionModel> {
+        let dir = self.split_dir();
+        match self.load(data, &dir) {
+            Some(model) => {
+                on_event(Event::Reused { dir: &dir, all_images: false });
+                Ok(model)
+            }
+            None => Ok(self.train(data, self.options.seed, on_event)?.0),
+        }
+    }
+
+    /// The configuration retrained on every training image (both sides of the split, the
+    /// validation side's confirmed pairs as positives too) for `epochs` epochs from
+    /// `init_seed`, or its checkpoint when one is saved and `retrain` is not set. Returns the
+    /// model and its folder ([`Checkpoints::all_dir`]).
+    pub fn load_or_train_all(
+        &self,
+        data: &TrainingData,
+        init_seed: u64,
+        epochs: usize,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(FusionModel, PathBuf)> {
+        if epochs == 0 {
+            return Err(Error::NoEpochs);
+        }
+        let dir = self.all_dir(init_seed, epochs);
+        if let Some(model) = self.load(data, &dir) {
+            on_event(Event::Reused { dir: &dir, all_images: true });
+            return Ok((model, dir));
+        }
+        let mut all = data.train.clone();
+        all.pairs.extend(&data.validation.pairs);
+        all.positives.extend(&data.validation.positives);
+        all.positives.extend(data.validation.pairs.iter().filter(|x| x.2 >= CONFIRMED).map(|&(i, t, _)| (t, i)));
+        all.candidates.extend(&data.validation.candidates);
+        let tc = TrainConfig { max_epochs: epochs, seed: init_seed, ..self.options.train_config() };
+        let model = &data.image_encoder;
+        on_event(Event::Training { model, epochs, all_images: true });
+        let start = Instant::now();
+        let config = data.fusion_config(&self.options)?;
+        let (model, tensors, _) =
+            imsearch_fusion::train(config, &tc, &data.images, &data.texts, &all, &PairSet::default(), |e| {
+                on_event(Event::Epoch { report: e, all_images: true })
+            })?;
+        on_event(Event::Trained {
+            model: &data.image_encoder,
+            all_images: true,
+            images: data.images.dims2()?.0,
+            epochs,
+            seconds: start.elapsed().as_secs_f64(),
+            dir: &dir,
+        });
+        model.save(&tensors, &dir)?;
+        Ok((model, dir))
+    }
+
+    /// The checkpoint in `dir` for this data, unless `retrain` is set.
+    fn load(&self, data: &TrainingData, dir: &Path) -> Option<FusionModel> {
+        if self.retrain {
+            return None;
+        }
+        FusionModel::load(dir, &data.image_encoder, &data.text_encoder, &Device::Cpu).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [&str; 3] = ["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"];
+
+    fn checkpoints(encoders: &[&str], seed: u64) -> Checkpoints {
+        Checkpoints {
+            dir: PathBuf::from("work/checkpoints"),
+            image_encoders: encoders.iter().map(|e| (*e).to_owned()).collect(),
+            views: vec!["center".into(), "center-flipped".into()],
+            options: TrainOptions { seed, ..TrainOptions::default() },
+            retrain: false,
+        }
+    }
+
+    #[track_caller]
+    fn check(encoders: &[&str], seed: u64, expected: &str) {
+        assert_eq!(checkpoints(encoders, seed).digest(), expected);
+    }
+
+    /// The digests of the folders saved before the options moved out of xtask: a change here
+    /// orphans every checkpoint and engine (`<workdir>/engine-seed0-3cd3fdf8822ab4e4`).
+    #[test]
+    fn digests_of_the_default_options_are_pinned() {
+        check(&ALL, 0, "3cd3fdf8822ab4e4");
+        check(&ALL, 1, "6e5d36ad9e34bf2b");
+        check(&ALL, 2, "ded046c0fbca33ae");
+        check(&["mobilenet-v2"], 0, "ae06cd6031c35936");
+        check(&["efficientnet-lite0"], 0, "2514ce76fcb8528b");
+        check(&["efficientnet-lite2"], 0, "358129bdf2b1e059");
+    }
+
+    #[test]
+    fn digest_key_is_the_old_options_debug_text() {
+        assert_eq!(
+            TrainOptions::default().digest_key(),
+            "TrainOpts { seed: 0, train_fraction: 0.7, epochs: 20, shared_dim: 256, hidden_dim: 512, \
+             contrastive_weight: 4.0, learning_rate: 0.001, weight_decay: 0.01, temperature: 0.05, \
+             contrastive_batch: 128, input_dropout: 0.0, locked_text: false }"
+        );
+        let other = TrainOptions { learning_rate: 2e-3, ..TrainOptions::default() };
+        assert_ne!(checkpoints(&ALL, 0).digest(), Checkpoints { options: other, ..checkpoints(&ALL, 0) }.digest());
+    }
+
+    #[test]
+    fn folder_names() {
+        let ck = checkpoints(&ALL, 0);
+        let split = PathBuf::from("work/checkpoints/fusion-seed0-3cd3fdf8822ab4e4");
+        assert_eq!(ck.split_dir(), split);
+        assert_eq!(ck.split_dir_with(0), split);
+        assert_eq!(ck.split_dir_with(5), split.with_file_name("fusion-seed0-3cd3fdf8822ab4e4-init5"));
+        assert_eq!(ck.all_dir(0, 7), split.with_file_name("fusion-seed0-3cd3fdf8822ab4e4-all-e7"));
+        assert_eq!(ck.all_dir(5, 2), split.with_file_name("fusion-seed0-3cd3fdf8822ab4e4-init5-all-e2"));
+        assert_eq!(ck.only(0).unwrap().split_dir(), split.with_file_name("fusion-seed0-ae06cd6031c35936"));
+        assert!(matches!(ck.only(3), Err(Error::NoSuchPart { part: 3, encoders: 3 })));
+    }
+}

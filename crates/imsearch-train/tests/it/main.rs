@@ -1,0 +1,212 @@
+//! imsearch-train on the committed fixture dataset with toy embeddings: the training data, the
+//! checkpoints trained then reused under their folder names, and an engine built and loaded.
+
+use std::{cell::RefCell, path::PathBuf};
+
+use candle::{Device, Tensor};
+use imsearch_data::{Dataset, LoadOptions};
+use imsearch_engine::{ClassTexts, ClassifierHead, Engine, ImagePart, MemberRecipe, Recipe};
+use imsearch_index::EmbeddingCache;
+use imsearch_train::{
+    build, default_recipe, Checkpoints, Embeddings, Error, Event, ImageEmbeddings, Sources, TrainOptions, TrainingData,
+};
+
+const TEXT: &str = "toy-text";
+const TEXT_DIM: usize = 5;
+
+fn fixture() -> Dataset {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny");
+    Dataset::load(dir, LoadOptions::default()).unwrap()
+}
+
+/// A deterministic toy embedding of `key`: values in -1..1 from an LCG seeded by its bytes.
+fn toy(key: &str, dim: usize) -> Vec<f32> {
+    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (0..dim)
+        .map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn cache<'a>(model: &str, dim: usize, keys: impl IntoIterator<Item = &'a str>) -> EmbeddingCache {
+    let mut cache = EmbeddingCache::new(model, dim);
+    for key in keys {
+        cache.insert(key.to_owned(), format!("hash-of-{key}"), &toy(&format!("{model}/{key}"), dim)).unwrap();
+    }
+    cache
+}
+
+fn class_key(texts: ClassTexts, i: usize) -> String {
+    format!("{texts:?}:{i}")
+}
+
+/// Toy caches of two image encoders (4 and 3 features) and of the texts, as `cargo xtask
+/// embed` keys them: the train images on disk, the test images, captions, test queries and
+/// class texts.
+struct Caches {
+    images: Vec<(String, EmbeddingCache, EmbeddingCache)>,
+    texts: EmbeddingCache,
+}
+
+impl Caches {
+    fn new(ds: &Dataset) -> Self {
+        let train: Vec<String> =
+            ds.train_images().into_iter().filter(|i| ds.train_image_files.contains(i)).map(|i| i.0).collect();
+        let test: Vec<&str> = ds.test_images.iter().map(|r| r.image.as_str()).collect();
+        let images = [("a@center", 4), ("b@center", 3)]
+            .into_iter()
+            .map(|(id, dim)| {
+                (id.to_owned(), cache(id, dim, train.iter().map(String::as_str)), cache(id, dim, test.iter().copied()))
+            })
+            .collect();
+        let mut keys: Vec<String> = ds.train_captions().keys().map(ToString::to_string).collect();
+        keys.extend(ds.test_queries.iter().map(|q| q.query.to_string()));
+        for texts in [ClassTexts::Names, ClassTexts::Sentences] {
+            keys.extend((0..1000).map(|i| class_key(texts, i)));
+        }
+        Caches { images, texts: cache(TEXT, TEXT_DIM, keys.iter().map(String::as_str)) }
+    }
+
+    fn view(&self) -> Embeddings<'_> {
+        Embeddings {
+            images: self.images.iter().map(|(id, train, test)| ImageEmbeddings { id, train, test }).collect(),
+            texts: &self.texts,
+            class_key,
+        }
+    }
+}
+
+fn small_options() -> TrainOptions {
+    TrainOptions { epochs: 2, shared_dim: 4, hidden_dim: 8, contrastive_batch: 4, ..TrainOptions::default() }
+}
+
+#[test]
+fn training_data_of_the_fixture() {
+    let ds = fixture();
+    let caches = Caches::new(&ds);
+    let data = TrainingData::new(&ds, &caches.view(), &TrainOptions::default()).unwrap();
+    let c = &data.counts;
+    assert_eq!(c.labelled_pairs, 9);
+    // The caption of the girl in a yellow dress names a child: its two pairs go.
+    assert_eq!((c.pairs_removed_by_compliance, c.images_affected_by_compliance), (2, 2));
+    assert_eq!(c.train_pairs + c.validation_pairs + c.pairs_without_embedding, 9 - 2);
+    assert_eq!(c.train_images + c.validation_images, 5);
+    assert_eq!(data.validation_pairs.len(), c.validation_pairs);
+    assert_eq!(data.image_encoder, "a@center+b@center");
+    assert_eq!(data.text_encoder, TEXT);
+    assert_eq!(data.images.dims(), [5, 7]);
+    assert_eq!(data.texts.dims(), [data.text_ids.len(), TEXT_DIM]);
+
+    let b = data.only(1).unwrap();
+    assert_eq!(data.columns(1).unwrap(), (4, 3));
+    assert_eq!(b.image_encoder, "b@center");
+    assert_eq!(b.images.to_vec2::<f32>().unwrap()[0], data.images.to_vec2::<f32>().unwrap()[0][4..]);
+    assert!(matches!(data.only(2), Err(Error::NoSuchPart { part: 2, encoders: 2 })));
+    let config = data.fusion_config(&TrainOptions { locked_text: true, ..TrainOptions::default() }).unwrap();
+    assert_eq!((config.image_dim, config.text_dim, config.shared_dim), (7, TEXT_DIM, TEXT_DIM));
+}
+
+#[test]
+fn checkpoints_are_trained_once_then_reused() {
+    let ds = fixture();
+    let caches = Caches::new(&ds);
+    let data = TrainingData::new(&ds, &caches.view(), &TrainOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = Checkpoints {
+        dir: dir.path().to_owned(),
+        image_encoders: vec!["a".into(), "b".into()],
+        views: vec!["center".into()],
+        options: small_options(),
+        retrain: false,
+    };
+    let lines = RefCell::new(Vec::new());
+    let mut record = |e: Event<'_>| lines.borrow_mut().push(e.to_string());
+
+    let (_, report, split) = ck.train(&data, 0, &mut record).unwrap();
+    assert_eq!(split, dir.path().join(format!("fusion-seed0-{}", ck.digest())));
+    assert!(split.join("train_report.json").is_file());
+    assert_eq!(ck.best_epoch(0).unwrap(), report.best_epoch);
+    ck.load_or_train(&data, &mut record).unwrap();
+    assert_eq!(lines.borrow().last().unwrap(), &format!("reusing the checkpoint in {}", split.display()));
+
+    let (_, all) = ck.load_or_train_all(&data, 0, 1, &mut record).unwrap();
+    assert_eq!(all, split.with_file_name(format!("fusion-seed0-{}-all-e1", ck.digest())));
+    assert!(lines.borrow().last().unwrap().starts_with("retrained a@center+b@center on all 5 training images"));
+    ck.load_or_train_all(&data, 0, 1, &mut record).unwrap();
+    assert_eq!(lines.borrow().last().unwrap(), &format!("reusing the all-images checkpoint in {}", all.display()));
+    assert!(matches!(ck.load_or_train_all(&data, 0, 0, &mut record), Err(Error::NoEpochs)));
+
+    // Another member's folder, and another split's.
+    let b = ck.only(1).unwrap();
+    assert_eq!(b.image_encoders, ["b"]);
+    assert_ne!(b.digest(), ck.digest());
+    assert_ne!(ck.with_seed(1).digest(), ck.digest());
+    assert!(ck.with_seed(1).split_dir().ends_with(format!("fusion-seed1-{}", ck.with_seed(1).digest())));
+}
+
+#[test]
+fn default_recipe_keeps_the_members_of_the_layout() {
+    let layout = |ids: &[&str]| -> Vec<ImagePart> {
+        ids.iter().map(|id| ImagePart { id: format!("{id}@center+center-flipped"), dim: 1280 }).collect()
+    };
+    let encoders = |r: &Recipe| -> Vec<Vec<String>> { r.members.iter().map(|m| m.encoders.clone()).collect() };
+    let all = Recipe::default();
+    assert_eq!(default_recipe(&layout(&["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"])), all);
+    // One encoder: only the model on every encoder (that is, on it), with the default's epochs.
+    let one = default_recipe(&layout(&["efficientnet-lite0"]));
+    assert_eq!(one.members, [MemberRecipe { encoders: Vec::new(), epochs: all.members[0].epochs }]);
+    assert_eq!((one.weights, one.neighbours), (all.weights, all.neighbours));
+    let two = default_recipe(&layout(&["mobilenet-v2", "efficientnet-lite2"]));
+    assert_eq!(encoders(&two), [vec![], vec!["mobilenet-v2".to_owned()], vec!["efficientnet-lite2".to_owned()]]);
+    assert_eq!(encoders(&default_recipe(&layout(&["other", "another"]))), [Vec::<String>::new()]);
+}
+
+#[test]
+fn an_engine_is_built_from_a_recipe_and_loads() {
+    let ds = fixture();
+    let caches = Caches::new(&ds);
+    let emb = caches.view();
+    let data = TrainingData::new(&ds, &emb, &TrainOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = Checkpoints {
+        dir: dir.path().join("checkpoints"),
+        image_encoders: vec!["a".into(), "b".into()],
+        views: vec!["center".into()],
+        options: small_options(),
+        retrain: false,
+    };
+    let heads: Vec<ClassifierHead> = [4, 3]
+        .into_iter()
+        .map(|dim| {
+            let w = Tensor::from_vec(toy(&format!("head{dim}"), dim * 1000), (dim, 1000), &Device::Cpu).unwrap();
+            ClassifierHead::new(w, Tensor::zeros(1000, candle::DType::F32, &Device::Cpu).unwrap()).unwrap()
+        })
+        .collect();
+    let recipe = Recipe {
+        members: vec![
+            MemberRecipe { encoders: vec![], epochs: 2 },
+            MemberRecipe { encoders: vec!["b".into()], epochs: 1 },
+        ],
+        neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
+        ..Recipe::default()
+    };
+    let engine_dir = dir.path().join("engine");
+    let sources = Sources { data: &data, embeddings: &emb, heads: &heads };
+    let mut events = Vec::new();
+    let engine =
+        build(&sources, recipe.clone(), &ck, serde_json::json!({}), &engine_dir, &mut |e| events.push(e.to_string()))
+            .unwrap();
+    assert!(events.last().unwrap().starts_with("engine: built in "));
+    assert_eq!(engine.provenance()["options"], ck.digest());
+    let loaded = Engine::load(&engine_dir, "a@center+b@center", TEXT).unwrap();
+    assert_eq!(loaded.recipe(), &recipe);
+    // The members' checkpoints stay for the next build.
+    assert!(ck.all_dir(0, 2).join("fusion.json").is_file());
+    assert!(ck.only(1).unwrap().all_dir(0, 1).join("fusion.json").is_file());
+
+    let bad = Recipe { members: vec![MemberRecipe { encoders: vec!["c".into()], epochs: 1 }], ..recipe };
+    let err = build(&sources, bad, &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::MemberNotInLayout(ref e) if e == "c"), "{err}");
+}

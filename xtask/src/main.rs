@@ -48,20 +48,21 @@ enum Command {
     Embed(embed::Args),
     /// Train the fusion model on the aggregated labels (split by image, compliance-filtered).
     Train(train::Args),
-    /// Compare the fusion model with baselines on validation, then score the 500 test queries once.
+    /// Compare every model with baselines on validation, save the engine built with the choices,
+    /// then score the 500 test queries once (metrics.json, with each test query's rank).
     Eval(eval::Args),
     /// Measure the compliance policies: training pairs removed, test queries blocked, the image classifier on the test images.
     Compliance(compliance::Args),
-    /// The main job: fetch, embed, train, evaluate, then show the top test images for random test
-    /// queries in a contact sheet (target/demo/demo.png) and a page (target/demo/index.html).
+    /// The main job: fetch, embed, load (or build) the engine, then show its top test images for
+    /// random test queries in a contact sheet (target/demo/demo.png) and a page (target/demo/index.html).
     Demo(demo::Args),
-    /// Search a folder of photos (default: the test images) by a text query, ranked by the fusion score.
+    /// Search a folder of photos (default: the test images) by a text query, ranked by the saved engine.
     Search(search::Args),
     /// Serve the search page and its JSON API on http://127.0.0.1:8080 (type a query, see the pictures).
     Serve(serve::Args),
-    /// Check the search server: a bounded load test (p50/p99 latency), then headless Chromium types queries.
+    /// Check the search server: a bounded load test (p50/p99 latency), its ranks against the engine's, then headless Chromium types queries.
     WebCheck(web_check::Args),
-    /// Run the checks CI runs: fixtures --check, format, clippy, tests, the web check.
+    /// Run the checks CI runs: fixtures --check, dependency rules, format, clippy, tests, the web check.
     Ci(ci::Args),
     /// Measure encoder throughput on the PyTorch reference's work (images/s, sentences/s, peak memory).
     Throughput(throughput::Args),

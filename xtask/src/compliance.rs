@@ -371,15 +371,21 @@ fn print_report(r: &Report) {
     let words: Vec<String> = t.test_queries_blocked_by_word.iter().map(|(w, n)| format!("{w} {n}")).collect();
     println!("  test queries: {} of {} blocked ({})", t.test_queries_blocked, t.test_queries, words.join(", "));
     println!(
-        "  check: {} test images have a query naming a child; their other {} queries are allowed, {} of them \
-         using a word the lexicon leaves out:",
-        t.test_child_images,
-        t.test_child_image_queries_allowed,
-        t.test_queries_to_review.len()
+        "  test images with a query naming a child: {}; their other {} queries are allowed (scored, never read to \
+         decide a rule)",
+        t.test_child_images, t.test_child_image_queries_allowed
     );
-    for q in &t.test_queries_to_review {
-        println!("    {} ({:?}): {}", q.query, q.word, q.text);
+    println!("  the training captions each rule catches (the evidence a rule is kept for):");
+    for e in t.lexicon.iter().filter(|e| e.train_captions > 0) {
+        println!(
+            "    {:<16} {:>4}  e.g. {:?}",
+            e.rule,
+            e.train_captions,
+            e.examples.first().map_or("", String::as_str)
+        );
     }
+    let unused: Vec<&str> = t.lexicon.iter().filter(|e| e.train_captions == 0).map(|e| e.rule.as_str()).collect();
+    println!("    catching no training caption ({}): {}", unused.len(), unused.join(", "));
 
     let v = &r.validation;
     println!("\nimage policy (logistic regression over {})", r.image_encoder);

@@ -1,6 +1,6 @@
 //! The policies measured on a labelled collection: what the text policy removes from training,
-//! which queries it blocks and which allowed ones a person should read ([`TextAudit`]), and the
-//! image policy against the images' ground truth ([`ImageAudit`]).
+//! the training captions each of its rules catches and which queries it blocks ([`TextAudit`]),
+//! and the image policy against the images' ground truth ([`ImageAudit`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,34 +8,7 @@ use imsearch_eval::{roc_auc, Confusion};
 use imsearch_types::{GradedPair, ImageId, QueryId};
 use serde::{Deserialize, Serialize};
 
-use crate::{PolicyCheckpoint, TextPolicy, LEXICON};
-
-/// Words the lexicon deliberately leaves out (ambiguous or adult) but that may name a child in a
-/// given caption; an allowed query of a child's image that uses one is listed for review.
-pub const REVIEW_WORDS: &[&str] = &[
-    "young",
-    "younger",
-    "little",
-    "small",
-    "tiny",
-    "student",
-    "students",
-    "pupil",
-    "pupils",
-    "lad",
-    "lads",
-    "junior",
-    "juniors",
-    "juvenile",
-    "juveniles",
-    "minor",
-    "minors",
-    "tyke",
-    "tykes",
-    "school",
-    "scout",
-    "scouts",
-];
+use crate::{PolicyCheckpoint, TextPolicy, LEXICON, PHRASES};
 
 /// What the text policy removes from a training set of captions and graded pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,34 +55,34 @@ impl TrainingFilter {
     }
 }
 
-/// An allowed query to be read by a person, and the review word it uses.
+/// One rule of the text policy (a lexicon word or a phrase) and the training captions it
+/// catches: the evidence a rule is kept for, read on training data only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReviewQuery {
-    pub query: String,
-    pub text: String,
-    pub word: String,
+pub struct RuleEvidence {
+    pub rule: String,
+    /// Training captions the rule matches (a caption may be caught by several rules).
+    pub train_captions: usize,
+    /// The first few of them, in query-id order.
+    pub examples: Vec<String>,
 }
 
-/// The check that every query naming a child is blocked: among the queries `policy` allows
-/// (`(id, text, image)`) written for an image that another query shows to be a child's, those
-/// using a word of [`REVIEW_WORDS`]. Returns how many allowed queries such images have, and the
-/// ones to review.
-pub fn review_queries(queries: &[(String, &str, &ImageId)], policy: &TextPolicy) -> (usize, Vec<ReviewQuery>) {
-    let child_images: BTreeSet<&ImageId> =
-        queries.iter().filter(|(_, t, _)| policy.matched(t).is_some()).map(|&(_, _, i)| i).collect();
-    let review_policy = TextPolicy::new(REVIEW_WORDS.iter().copied());
-    let mut allowed = 0;
-    let mut review = Vec::new();
-    for (id, text, image) in queries {
-        if !child_images.contains(image) || policy.matched(text).is_some() {
-            continue;
+/// For every rule of the default policy, the training captions it catches (`examples`: at
+/// most `max_examples` each), in lexicon order, phrases last.
+pub fn lexicon_evidence(captions: &BTreeMap<QueryId, &str>, max_examples: usize) -> Vec<RuleEvidence> {
+    let evidence = |rule: String, catches: &dyn Fn(&str) -> bool| {
+        let caught: Vec<&str> = captions.values().copied().filter(|t| catches(t)).collect();
+        RuleEvidence {
+            rule,
+            train_captions: caught.len(),
+            examples: caught.iter().take(max_examples).map(|t| (*t).to_owned()).collect(),
         }
-        allowed += 1;
-        if let Some(word) = review_policy.matched(text) {
-            review.push(ReviewQuery { query: id.clone(), text: (*text).to_owned(), word });
-        }
-    }
-    (allowed, review)
+    };
+    let words = LEXICON.iter().map(|w| {
+        let policy = TextPolicy::new([*w]);
+        evidence((*w).to_owned(), &|t| policy.matched_word(t).is_some())
+    });
+    let phrases = PHRASES.iter().map(|p| evidence(p.join(" "), &|t| TextPolicy::has_phrase(t, p)));
+    words.chain(phrases).collect()
 }
 
 /// The default text policy on a training set (captions and their graded pairs) and on a set of
@@ -132,12 +105,12 @@ pub struct TextAudit {
     pub test_child_images: usize,
     /// Allowed queries written for those images (most say "a person", "two people").
     pub test_child_image_queries_allowed: usize,
-    /// Those that use a word the lexicon leaves out on purpose: to be read by a person.
-    pub test_queries_to_review: Vec<ReviewQuery>,
+    /// Each rule with the training captions it catches (test queries are only scored).
+    pub lexicon: Vec<RuleEvidence>,
 }
 
 impl TextAudit {
-    /// `queries` are `(id, text, image)`, as for [`review_queries`].
+    /// `queries` are `(id, text, image)`: scored for the report only, never read to decide a rule.
     pub fn new(captions: &BTreeMap<QueryId, &str>, pairs: &[GradedPair], queries: &[(String, &str, &ImageId)]) -> Self {
         let policy = TextPolicy::default();
         let filter = TrainingFilter::new(captions, pairs, &policy);
@@ -149,7 +122,10 @@ impl TextAudit {
                 child_images.insert(*image);
             }
         }
-        let (allowed, review) = review_queries(queries, &policy);
+        let allowed = queries
+            .iter()
+            .filter(|(_, text, image)| child_images.contains(image) && policy.matched(text).is_none())
+            .count();
         TextAudit {
             lexicon_words: LEXICON.len(),
             train_captions: captions.len(),
@@ -163,7 +139,7 @@ impl TextAudit {
             test_queries_blocked_by_word: by_word,
             test_child_images: child_images.len(),
             test_child_image_queries_allowed: allowed,
-            test_queries_to_review: review,
+            lexicon: lexicon_evidence(captions, 3),
         }
     }
 }
@@ -268,20 +244,25 @@ mod tests {
     }
 
     #[test]
-    fn review_lists_allowed_queries_of_child_images_with_review_words() {
-        let (a, b) = (ImageId::from("a.jpg"), ImageId::from("b.jpg"));
-        let queries = vec![
-            ("a.jpg#0".to_owned(), "A crowd of children", &a),
-            ("a.jpg#1".to_owned(), "two young adults watch", &a),
-            ("a.jpg#2".to_owned(), "people at a party", &a),
-            ("b.jpg#0".to_owned(), "a young man climbs", &b),
-        ];
-        let (allowed, review) = review_queries(&queries, &TextPolicy::default());
-        assert_eq!(allowed, 2);
-        assert_eq!(
-            review,
-            vec![ReviewQuery { query: "a.jpg#1".into(), text: "two young adults watch".into(), word: "young".into() }]
-        );
+    fn lexicon_evidence_counts_the_training_captions_of_each_rule() {
+        let q = |s: &str| QueryId::parse(s).unwrap();
+        let captions: BTreeMap<QueryId, &str> = [
+            (q("a.jpg#0"), "a boy and his dog"),
+            (q("b.jpg#0"), "two boys' bikes"),
+            (q("c.jpg#0"), "young people dance"),
+            (q("d.jpg#0"), "a young man runs"),
+        ]
+        .into_iter()
+        .collect();
+        let e = lexicon_evidence(&captions, 1);
+        let rule = |r: &str| e.iter().find(|x| x.rule == r).unwrap().clone();
+        assert_eq!(rule("boy").train_captions, 1);
+        assert_eq!(rule("boy").examples, ["a boy and his dog"]);
+        assert_eq!(rule("boys").train_captions, 1);
+        assert_eq!(rule("young people").train_captions, 1);
+        assert_eq!(rule("girl").train_captions, 0);
+        assert!(rule("girl").examples.is_empty());
+        assert_eq!(e.len(), LEXICON.len() + PHRASES.len());
     }
 
     #[test]
@@ -305,7 +286,10 @@ mod tests {
             t.test_queries_blocked_by_word.iter().map(|(w, &n)| (w.as_str(), n)).collect();
         assert_eq!(by_word, [("boy", 1), ("boys", 1), ("little ones", 1), ("young people", 1)]);
         assert_eq!((t.test_child_images, t.test_child_image_queries_allowed), (1, 0));
-        assert!(t.test_queries_to_review.is_empty());
+        // The evidence is read on the training captions alone: "girl" catches the one caption,
+        // "young people" none (the queries that use it do not count).
+        let rule = |r: &str| t.lexicon.iter().find(|x| x.rule == r).map(|x| x.train_captions);
+        assert_eq!((rule("girl"), rule("boy"), rule("young people")), (Some(1), Some(0), Some(0)));
     }
 
     #[test]

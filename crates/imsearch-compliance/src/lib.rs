@@ -27,7 +27,7 @@ mod fit;
 mod image;
 mod text;
 
-pub use audit::{review_queries, ImageAudit, ReviewQuery, TextAudit, TrainingFilter, REVIEW_WORDS};
+pub use audit::{lexicon_evidence, ImageAudit, RuleEvidence, TextAudit, TrainingFilter};
 pub use checkpoint::{PolicyCheckpoint, CHECKPOINT_FORMAT};
 pub use error::{Error, Result};
 pub use fit::{

@@ -109,6 +109,12 @@ impl TextPolicy {
         })
     }
 
+    /// Whether `phrase` (two words, as in [`PHRASES`]) occurs in `text`, on word boundaries.
+    pub fn has_phrase(text: &str, phrase: &[&str; 2]) -> bool {
+        let words: Vec<String> = words(text).map(|w| strip_possessive(&w).to_owned()).collect();
+        words.windows(2).any(|pair| pair[0] == phrase[0] && pair[1] == phrase[1])
+    }
+
     /// Whether `text` names a person under 16, and by which word or phrase.
     pub fn matched(&self, text: &str) -> Option<String> {
         self.matched_word(text).map(str::to_owned).or_else(|| self.matched_phrase(text))

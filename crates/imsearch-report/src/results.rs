@@ -65,14 +65,19 @@ pub struct QueryResults {
 
 impl QueryResults {
     /// The line above the query's row: `n`, the text, and why it was blocked or where the
-    /// correct image ranked.
+    /// correct image ranked and how many of the row's images a policy hides (so that a grey row
+    /// explains itself).
     pub fn heading(&self, n: usize) -> String {
         let text = self.text.trim();
         match &self.outcome {
             Outcome::Blocked { reason } => format!("{n}. \u{201c}{text}\u{201d}  (blocked: {reason})"),
             Outcome::Ranked { correct_rank, .. } => {
                 let rank = correct_rank.map_or("has no embedding".to_owned(), |r| format!("rank {r}"));
-                format!("{n}. \u{201c}{text}\u{201d}  (correct image: {rank})")
+                let (shown, hidden) =
+                    self.shown().fold((0, 0), |(n, h), r| (n + 1, h + usize::from(r.shown == Shown::Blocked)));
+                let hidden =
+                    if hidden > 0 { format!("; {hidden} of {shown} images unavailable") } else { String::new() };
+                format!("{n}. \u{201c}{text}\u{201d}  (correct image: {rank}{hidden})")
             }
         }
     }
@@ -347,7 +352,11 @@ mod tests {
     fn headings_text_and_summary() {
         let q = queries(Path::new("red.png"));
         assert_eq!(q[0].heading(1), "1. \u{201c}a child & a <dog>\u{201d}  (blocked: names a child)");
-        assert_eq!(q[2].heading(3), "3. \u{201c}grey\u{201d}  (correct image: rank 9)");
+        assert_eq!(q[2].heading(3), "3. \u{201c}grey\u{201d}  (correct image: rank 9; 2 of 2 images unavailable)");
+        assert_eq!(
+            q[1].heading(2),
+            "2. \u{201c}a red square\u{201d}  (correct image: rank 1; 1 of 2 images unavailable)"
+        );
         let none = QueryResults {
             outcome: Outcome::Ranked { top: vec![], correct_below: None, correct_rank: None },
             ..q[2].clone()

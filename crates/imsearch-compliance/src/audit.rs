@@ -259,7 +259,6 @@ mod tests {
         assert_eq!(rule("boy").train_captions, 1);
         assert_eq!(rule("boy").examples, ["a boy and his dog"]);
         assert_eq!(rule("boys").train_captions, 1);
-        assert_eq!(rule("young people").train_captions, 1);
         assert_eq!(rule("girl").train_captions, 0);
         assert!(rule("girl").examples.is_empty());
         assert_eq!(e.len(), LEXICON.len() + PHRASES.len());
@@ -275,21 +274,22 @@ mod tests {
             ("a.jpg#0".to_owned(), "Two boys", &a),
             ("a.jpg#1".to_owned(), "a boy's bike", &a),
             ("a.jpg#2".to_owned(), "little ones", &a),
-            ("a.jpg#3".to_owned(), "young people", &a),
+            ("a.jpg#3".to_owned(), "a girl", &a),
             ("b.jpg#0".to_owned(), "a young man", &b),
         ];
         let t = TextAudit::new(&captions, &pairs, &queries);
         assert_eq!((t.lexicon_words, t.train_captions, t.train_captions_removed), (LEXICON.len(), 2, 1));
         assert_eq!((t.train_pairs_labelled, t.train_pairs_removed, t.train_images_affected), (2, 1, 1));
-        assert_eq!((t.train_images_removed, t.test_queries, t.test_queries_blocked), (1, 5, 4));
+        assert_eq!((t.train_images_removed, t.test_queries, t.test_queries_blocked), (1, 5, 3));
         let by_word: Vec<(&str, usize)> =
             t.test_queries_blocked_by_word.iter().map(|(w, &n)| (w.as_str(), n)).collect();
-        assert_eq!(by_word, [("boy", 1), ("boys", 1), ("little ones", 1), ("young people", 1)]);
-        assert_eq!((t.test_child_images, t.test_child_image_queries_allowed), (1, 0));
+        assert_eq!(by_word, [("boy", 1), ("boys", 1), ("girl", 1)]);
+        // "little ones" is allowed: it names no child in the lexicon.
+        assert_eq!((t.test_child_images, t.test_child_image_queries_allowed), (1, 1));
         // The evidence is read on the training captions alone: "girl" catches the one caption,
-        // "young people" none (the queries that use it do not count).
+        // "boy" none (the queries that use it do not count).
         let rule = |r: &str| t.lexicon.iter().find(|x| x.rule == r).map(|x| x.train_captions);
-        assert_eq!((rule("girl"), rule("boy"), rule("young people")), (Some(1), Some(0), Some(0)));
+        assert_eq!((rule("girl"), rule("boy")), (Some(1), Some(0)));
     }
 
     #[test]

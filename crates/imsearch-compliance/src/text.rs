@@ -4,8 +4,10 @@
 //! - blocked: `teen`, `teenager`, `teenage` (13 to 19 includes 13 to 15: fail closed), `son`,
 //!   `daughter` (in photo captions they almost always name a child: "a man and his son"), `youth`
 //!   ("youth football": mostly under 16), `kiddie`, `tot`;
-//! - blocked as phrases: "young people", "young persons", "young ones", "little ones" (in
-//!   photo captions a group of young people is mostly children or teenagers);
+//! - no phrase is blocked: "young people", "young persons", "young ones" and "little ones" were
+//!   once (added after reading test queries, which is tuning on the test set) and catch no
+//!   training caption, so no training evidence supports them (`cargo xtask compliance` lists the
+//!   training captions of every rule); a phrase joins [`PHRASES`] only with such evidence;
 //! - allowed: `young` alone ("a young man", "a young woman" are adults; "a young boy" is caught
 //!   by `boy`), `little` ("a little dog"), `student` (college students are adults), `pupil` (also
 //!   part of an eye), `lad` (mostly adult in British usage);
@@ -69,8 +71,9 @@ pub const LEXICON: &[&str] = &[
     "youths",
 ];
 
-/// Two-word phrases that describe people under 16 although neither word does alone.
-pub const PHRASES: &[[&str; 2]] = &[["young", "people"], ["young", "persons"], ["young", "ones"], ["little", "ones"]];
+/// Two-word phrases that describe people under 16 although neither word does alone; each must
+/// catch training captions that name a child (none does today: see the module's decisions).
+pub const PHRASES: &[[&str; 2]] = &[];
 
 /// Matches texts against a lexicon on word boundaries, case-insensitively, ignoring possessive
 /// endings (`boy's`, `boys'`, `children's`).
@@ -189,13 +192,12 @@ mod tests {
     }
 
     #[test]
-    fn phrases() {
+    fn phrases_without_training_evidence_are_not_blocked() {
         let p = TextPolicy::default();
-        assert_eq!(p.matched("Four young people sit on a bench").as_deref(), Some("young people"));
-        assert_eq!(p.matched("the little ones play").as_deref(), Some("little ones"));
-        assert_eq!(p.matched("A young man and young woman").as_deref(), None);
-        assert_eq!(p.matched("people who are young").as_deref(), None);
-        assert!(p.decide("young persons at a fair").is_blocked());
+        assert_eq!(p.matched("Four young people sit on a bench").as_deref(), None);
+        assert_eq!(p.matched("the little ones play").as_deref(), None);
+        assert!(TextPolicy::has_phrase("Four young people sit", &["young", "people"]));
+        assert!(!TextPolicy::has_phrase("people who are young", &["young", "people"]));
     }
 
     #[test]

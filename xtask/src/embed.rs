@@ -25,7 +25,7 @@ pub(crate) struct EmbedOpts {
     #[arg(long, value_delimiter = ',', default_value = "mobilenet-v2,efficientnet-lite0,efficientnet-lite2")]
     pub(crate) image_encoders: Vec<String>,
     /// Views of each image whose features are averaged (center, center-flipped, squashed,
-    /// squashed-flipped).
+    /// squashed-flipped, and the corner crops top-left, top-right, bottom-left, bottom-right).
     #[arg(long, value_delimiter = ',', default_value = "center,center-flipped")]
     pub(crate) views: Vec<String>,
     /// Images per forward pass.
@@ -60,11 +60,7 @@ impl EmbedOpts {
     pub(crate) fn views(&self) -> Result<Vec<View>> {
         self.views
             .iter()
-            .map(|v| {
-                serde_json::from_value(serde_json::Value::String(v.clone())).with_context(|| {
-                    format!("unknown view {v:?} (known: center, center-flipped, squashed, squashed-flipped)")
-                })
-            })
+            .map(|v| v.parse::<View>().with_context(|| format!("invalid --views {}", self.views.join(","))))
             .collect()
     }
 

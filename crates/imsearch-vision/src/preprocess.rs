@@ -75,10 +75,13 @@ impl PreprocessConfig {
         let out = match view {
             View::Center | View::CenterFlipped => center_crop(&resize_shorter(img, self.resize), self.crop),
             View::Squashed | View::SquashedFlipped => resize(img, self.crop, self.crop),
+            View::TopLeft | View::TopRight | View::BottomLeft | View::BottomRight => {
+                corner_crop(&resize_shorter(img, self.resize), self.crop, view)
+            }
         };
         match view {
             View::CenterFlipped | View::SquashedFlipped => image::imageops::flip_horizontal(&out),
-            View::Center | View::Squashed => out,
+            _ => out,
         }
     }
 
@@ -149,20 +152,42 @@ pub enum View {
     Squashed,
     /// [`View::Squashed`] mirrored left to right.
     SquashedFlipped,
+    /// Resize the shorter side as for [`View::Center`], then take the top-left square (a person
+    /// near a corner is not averaged away with the rest of the picture).
+    TopLeft,
+    /// As [`View::TopLeft`], the top-right square.
+    TopRight,
+    /// As [`View::TopLeft`], the bottom-left square.
+    BottomLeft,
+    /// As [`View::TopLeft`], the bottom-right square.
+    BottomRight,
 }
 
 impl View {
     /// Every view, the standard one first.
-    pub const ALL: [View; 4] = [View::Center, View::CenterFlipped, View::Squashed, View::SquashedFlipped];
+    pub const ALL: [View; 8] = [
+        View::Center,
+        View::CenterFlipped,
+        View::Squashed,
+        View::SquashedFlipped,
+        View::TopLeft,
+        View::TopRight,
+        View::BottomLeft,
+        View::BottomRight,
+    ];
 
     /// The view's name, as serialised: `center`, `center-flipped`, `squashed`,
-    /// `squashed-flipped`.
+    /// `squashed-flipped`, `top-left`, `top-right`, `bottom-left`, `bottom-right`.
     pub fn name(self) -> &'static str {
         match self {
             View::Center => "center",
             View::CenterFlipped => "center-flipped",
             View::Squashed => "squashed",
             View::SquashedFlipped => "squashed-flipped",
+            View::TopLeft => "top-left",
+            View::TopRight => "top-right",
+            View::BottomLeft => "bottom-left",
+            View::BottomRight => "bottom-right",
         }
     }
 }
@@ -178,7 +203,8 @@ impl std::str::FromStr for View {
 
     fn from_str(s: &str) -> Result<Self> {
         View::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            Error::Config(format!("unknown view {s:?} (known: center, center-flipped, squashed, squashed-flipped)"))
+            let known: Vec<&str> = View::ALL.iter().map(|v| v.name()).collect();
+            Error::Config(format!("unknown view {s:?} (known: {})", known.join(", ")))
         })
     }
 }
@@ -221,6 +247,21 @@ pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
     }
     let top = ((h - size) as f64 / 2.0).round_ties_even() as u32;
     let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
+    image::imageops::crop_imm(img, left, top, size, size).to_image()
+}
+
+/// The `size` square at one corner of `img` (padded as [`center_crop`] pads a small image).
+fn corner_crop(img: &RgbImage, size: u32, corner: View) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w < size || h < size {
+        return center_crop(img, size);
+    }
+    let (left, top) = match corner {
+        View::TopRight => (w - size, 0),
+        View::BottomLeft => (0, h - size),
+        View::BottomRight => (w - size, h - size),
+        _ => (0, 0),
+    };
     image::imageops::crop_imm(img, left, top, size, size).to_image()
 }
 
@@ -403,6 +444,27 @@ mod tests {
             assert_eq!(json, format!("\"{v}\""));
         }
         assert!("centre".parse::<View>().is_err());
+    }
+
+    #[test]
+    fn corner_views_are_the_corners_of_the_resized_image() {
+        // 300 x 200 with a distinct colour in each corner quadrant.
+        let img = RgbImage::from_fn(300, 200, |x, y| {
+            image::Rgb([if x < 150 { 0 } else { 255 }, if y < 100 { 0 } else { 255 }, 7])
+        });
+        let cfg = PreprocessConfig::imagenet();
+        // Shorter side 200 -> 256: 384 x 256; each corner square is 224 wide.
+        for (view, want) in [
+            (View::TopLeft, [0, 0]),
+            (View::TopRight, [255, 0]),
+            (View::BottomLeft, [0, 255]),
+            (View::BottomRight, [255, 255]),
+        ] {
+            let v = cfg.view(&img, view);
+            assert_eq!(v.dimensions(), (224, 224));
+            let corner = v.get_pixel(if want[0] == 0 { 0 } else { 223 }, if want[1] == 0 { 0 } else { 223 });
+            assert_eq!([corner[0], corner[1]], want, "{view}");
+        }
     }
 
     #[test]

@@ -36,6 +36,13 @@ impl Backend for Searcher {
     fn indexed(&self) -> usize {
         self.len()
     }
+
+    fn refuse(&self, query: &str) -> Option<String> {
+        match self.gate(query) {
+            imsearch_compliance::Decision::Block(reason) => Some(reason.to_string()),
+            imsearch_compliance::Decision::Allow => None,
+        }
+    }
 }
 
 /// The public id of an index row. An index holds far fewer than 2^32 images (each is a file

@@ -54,6 +54,12 @@ pub trait Backend: Send + Sync + 'static {
     fn image(&self, id: u32) -> ImageLookup;
     /// How many images the backend searches.
     fn indexed(&self) -> usize;
+    /// Why `query` itself is refused (a text policy's reason), decided on the request's task
+    /// before it waits for a search slot, so a refused query never queues behind searches.
+    /// `None` (the default) leaves every decision to [`Backend::search`].
+    fn refuse(&self, _query: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A backend's answer to a query.
@@ -245,13 +251,18 @@ async fn search(
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let Ok(_permit) = state.searches.acquire().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
-    };
-    let backend = Arc::clone(&state.backend);
-    let query = request.query.clone();
     let started = Instant::now();
-    let answer = tokio::task::spawn_blocking(move || backend.search(&query, request.k)).await;
+    let answer = match state.backend.refuse(&request.query) {
+        Some(reason) => Ok(Ok(Answer::Blocked { reason })),
+        None => {
+            let Ok(_permit) = state.searches.acquire().await else {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
+            };
+            let backend = Arc::clone(&state.backend);
+            let query = request.query.clone();
+            tokio::task::spawn_blocking(move || backend.search(&query, request.k)).await
+        }
+    };
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
     let answer = match answer {
         Ok(Ok(answer)) => answer,

@@ -116,6 +116,40 @@ async fn a_query_naming_a_child_gets_the_disclaimer_and_no_images() {
     assert!(r.results.is_empty());
 }
 
+/// A backend whose text gate refuses queries before they queue; its `search` must never see them.
+struct Gated(Table);
+
+impl Backend for Gated {
+    fn search(&self, query: &str, k: usize) -> Result<Answer, String> {
+        assert!(!query.contains("child"), "a refused query reached search");
+        self.0.search(query, k)
+    }
+    fn image(&self, id: u32) -> ImageLookup {
+        self.0.image(id)
+    }
+    fn indexed(&self) -> usize {
+        self.0.indexed()
+    }
+    fn refuse(&self, query: &str) -> Option<String> {
+        query.contains("child").then(|| "names a child".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn a_refused_query_is_answered_without_a_search() {
+    let gated = Arc::new(Gated(Table { searches: AtomicUsize::new(0) }));
+    let limits = Limits { max_query_chars: 50, max_k: 20, default_k: 10, concurrent_searches: 1 };
+    let app = router(gated.clone(), limits);
+    let (status, _, body) = get(&app, "/api/search?q=a%20child%20plays").await;
+    assert_eq!(status, StatusCode::OK);
+    let r: SearchResponse = serde_json::from_slice(&body).unwrap();
+    assert!(r.blocked && r.results.is_empty() && r.message.as_deref() == Some(DISCLAIMER), "{r:?}");
+    assert_eq!(gated.0.searches.load(Ordering::SeqCst), 0);
+    let (status, _, _) = get(&app, "/api/search?q=two%20dogs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gated.0.searches.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn bad_parameters_are_400_with_a_message_and_never_reach_the_backend() {
     let (app, table) = app();

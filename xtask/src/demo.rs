@@ -73,7 +73,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     steps.push(("embeddings", format!("{}", emb.dir.display()), t.elapsed()));
 
     let t = Instant::now();
-    let (engine, engine_dir, built) = engine::ensure(&args.pipeline, true)?;
+    let (engine, engine_dir, built) = engine::ensure(&args.pipeline, true, Some((&ds, &emb)))?;
     let what = format!("{} {}", if built { "built" } else { "reused" }, engine_dir.display());
     steps.push(("engine", what, t.elapsed()));
     let metrics_path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");

@@ -142,7 +142,7 @@ pub(crate) fn embed_images(
     let stats = cache.refresh(
         items,
         batch,
-        |batch| encode_images(encoder, views, batch),
+        |batch| imsearch_engine::encode_images(encoder, views, batch),
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
@@ -151,38 +151,6 @@ pub(crate) fn embed_images(
         cache.save(&path)?;
     }
     Ok(cache)
-}
-
-/// Features of a batch of image files, averaged over `views`. A batch with an unreadable file
-/// is retried file by file, so only that file fails.
-pub(crate) fn encode_images(
-    encoder: &dyn ImageEncoder,
-    views: &[View],
-    items: &[Item],
-) -> Vec<Result<Vec<f32>, String>> {
-    let paths: Vec<&Path> = items
-        .iter()
-        .map(|i| match &i.content {
-            Content::File(p) => p.as_path(),
-            Content::Text(_) => Path::new(""),
-        })
-        .collect();
-    match features(encoder, views, &paths) {
-        Ok(rows) => rows.into_iter().map(Ok).collect(),
-        Err(_) if paths.len() > 1 => paths
-            .iter()
-            .map(|p| features(encoder, views, &[p]).map(|mut r| r.remove(0)).map_err(|e| format!("{e:#}")))
-            .collect(),
-        Err(e) => vec![Err(format!("{e:#}"))],
-    }
-}
-
-fn features(encoder: &dyn ImageEncoder, views: &[View], paths: &[&Path]) -> Result<Vec<Vec<f32>>> {
-    let xs = encoder.preprocess().load_batch(paths, views, &Device::Cpu)?;
-    let f = encoder.features(&xs)?;
-    let (_, dim) = f.dims2()?;
-    let f = f.reshape((paths.len(), views.len(), dim))?.mean(1)?;
-    Ok(f.to_vec2::<f32>()?)
 }
 
 /// The text-cache key of ImageNet class `i` (not a query id: it has no `#`).
@@ -269,14 +237,7 @@ fn report(model: &str, collection: &str, stats: &CacheStats, start: Instant) {
     }
 }
 
-/// Rows of `cache` for `keys`, as a `(keys.len(), dim)` tensor; a missing key is an error.
+/// The rows of `keys` in `cache`, stacked: imsearch-train's `rows`.
 pub(crate) fn rows(cache: &EmbeddingCache, keys: &[&str]) -> Result<Tensor> {
-    let index: std::collections::HashMap<&str, usize> =
-        cache.keys().iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
-    let mut data = Vec::with_capacity(keys.len() * cache.dim());
-    for k in keys {
-        let i = index.get(k).with_context(|| format!("no {} embedding for {k}", cache.model()))?;
-        data.extend_from_slice(cache.row(*i));
-    }
-    Ok(Tensor::from_vec(data, (keys.len(), cache.dim()), &Device::Cpu)?)
+    Ok(imsearch_train::rows(cache, keys)?)
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle::Device;
+use imsearch_data::Dataset;
 use imsearch_engine::{ClassifierHead, Engine};
 use imsearch_train::Sources;
 
@@ -29,8 +30,13 @@ pub(crate) fn load(pipeline: &Pipeline) -> Result<Engine> {
 }
 
 /// The saved engine, or (when it is absent or unusable and `may_build`) one built from the
-/// dataset with the default recipe and saved. Returns it, its folder and whether it was built.
-pub(crate) fn ensure(pipeline: &Pipeline, may_build: bool) -> Result<(Engine, PathBuf, bool)> {
+/// dataset with the default recipe and saved: from `loaded` (the dataset and its embeddings)
+/// when the caller has them, else loaded here. Returns it, its folder and whether it was built.
+pub(crate) fn ensure(
+    pipeline: &Pipeline,
+    may_build: bool,
+    loaded: Option<(&Dataset, &embed::Embeddings)>,
+) -> Result<(Engine, PathBuf, bool)> {
     let dir = engine_dir(pipeline);
     match load(pipeline) {
         Ok(engine) => return Ok((engine, dir, false)),
@@ -40,12 +46,20 @@ pub(crate) fn ensure(pipeline: &Pipeline, may_build: bool) -> Result<(Engine, Pa
         Err(e) if Engine::exists(&dir) => eprintln!("{e:#}; building it again"),
         Err(_) => eprintln!("no engine in {}; building it from the default recipe", dir.display()),
     }
-    let ds = pipeline.dataset()?;
-    let emb = embed::embed_all(&ds, &pipeline.models.store()?, &pipeline.embed)?;
-    let data = train::prepare(&ds, &emb, &pipeline.train)?;
+    let fresh;
+    let (ds, emb) = match loaded {
+        Some(loaded) => loaded,
+        None => {
+            let ds = pipeline.dataset()?;
+            let emb = embed::embed_all(&ds, &pipeline.models.store()?, &pipeline.embed)?;
+            fresh = (ds, emb);
+            (&fresh.0, &fresh.1)
+        }
+    };
+    let data = train::prepare(ds, emb, &pipeline.train)?;
     let recipe = imsearch_train::default_recipe(&data.image_parts);
     let provenance = serde_json::json!({ "recipe": "the default (Recipe::default), chosen by cargo xtask eval" });
-    let sources = Sources { data: &data, embeddings: &train::caches(&emb), heads: &heads(pipeline)? };
+    let sources = Sources { data: &data, embeddings: &train::caches(emb), heads: &heads(pipeline)? };
     let ck = pipeline.checkpoints(false);
     let engine = imsearch_train::build(&sources, recipe, &ck, provenance, &dir, &mut train::printer())?;
     Ok((engine, dir, true))

@@ -144,7 +144,7 @@ pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
             IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
         );
     }
-    let (engine, dir, _) = engine::ensure(&setup.pipeline, may_train)?;
+    let (engine, dir, _) = engine::ensure(&setup.pipeline, may_train, None)?;
 
     // The image policy reads its own encoders' slices of each row.
     let policy_ids = setup.policy.model_ids(embed)?;
@@ -262,14 +262,7 @@ fn image_policy(setup: &Setup, may_train: bool, layout: &str, dim: usize) -> Res
         setup.pipeline.train.train_fraction,
         &setup.policy,
     )?;
-    if ckpt.image_encoder != layout || ckpt.policy.dim != dim {
-        bail!(
-            "the image policy in {} reads {} ({}-d), not {layout} ({dim}-d)",
-            path.display(),
-            ckpt.image_encoder,
-            ckpt.policy.dim
-        );
-    }
+    ckpt.check_layout(layout, dim).with_context(|| format!("the image policy in {}", path.display()))?;
     Ok((ckpt, path))
 }
 
@@ -277,13 +270,6 @@ fn image_policy(setup: &Setup, may_train: bool, layout: &str, dim: usize) -> Res
 /// or made for another feature layout.
 fn read_policy(path: &Path, layout: &str, dim: usize) -> Result<Option<PolicyCheckpoint>> {
     let Some(ckpt) = compliance::read_checkpoint(path)? else { return Ok(None) };
-    if ckpt.image_encoder != layout || ckpt.policy.dim != dim {
-        bail!(
-            "the image policy in {} reads {} ({}-d), not {layout} ({dim}-d)",
-            path.display(),
-            ckpt.image_encoder,
-            ckpt.policy.dim
-        );
-    }
+    ckpt.check_layout(layout, dim).with_context(|| format!("the image policy in {}", path.display()))?;
     Ok(Some(ckpt))
 }

@@ -214,19 +214,7 @@ impl ImageAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(s: &str) -> QueryId {
-        QueryId::parse(s).unwrap()
-    }
-
-    fn pair(image: &str, query: &str, label: f32) -> GradedPair {
-        GradedPair {
-            image: ImageId::from(image),
-            query: q(query),
-            label: imsearch_types::Score::new(label).unwrap(),
-            sources: Default::default(),
-        }
-    }
+    use crate::fit::tests::{pair, q};
 
     #[test]
     fn training_filter_counts() {

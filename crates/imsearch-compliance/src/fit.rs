@@ -407,11 +407,11 @@ impl Fnv {
 pub(crate) mod tests {
     use super::*;
 
-    fn q(s: &str) -> QueryId {
+    pub(crate) fn q(s: &str) -> QueryId {
         QueryId::parse(s).unwrap()
     }
 
-    fn pair(image: &str, query: &str, label: f32) -> GradedPair {
+    pub(crate) fn pair(image: &str, query: &str, label: f32) -> GradedPair {
         GradedPair {
             image: ImageId::from(image),
             query: q(query),

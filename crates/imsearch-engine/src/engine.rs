@@ -188,6 +188,7 @@ impl Engine {
             specs.push(MemberSpec { name, checkpoint: format!("members/{i}"), offset, dim, epochs: recipe.epochs });
             members.push((model, checkpoint));
         }
+        let heads = data.image_layout.len();
         let spec = Spec {
             format: ENGINE_FORMAT,
             scorer: ENGINE_SCORER.to_owned(),
@@ -196,7 +197,7 @@ impl Engine {
             members: specs,
             gallery_images: data.neighbours.len(),
             bank_captions: data.bank.dims2()?.0,
-            classifier_heads: 0,
+            classifier_heads: heads,
             recipe: data.recipe,
             provenance: data.provenance,
         };
@@ -204,7 +205,7 @@ impl Engine {
     }
 
     fn assemble(
-        mut spec: Spec,
+        spec: Spec,
         members: Vec<(FusionModel, PathBuf)>,
         neighbours: Neighbours,
         bridge: Bridge,
@@ -227,7 +228,6 @@ impl Engine {
             (Arc::new(BankNormalised::new(neighbours_scorer, bank.clone())), w[1]),
             (Arc::new(BankNormalised::new(bridge_scorer, bank.clone())), w[2]),
         ]));
-        spec.classifier_heads = spec.image_layout.len();
         Ok(Engine { spec, members, neighbours, bridge, bank, scorer })
     }
 

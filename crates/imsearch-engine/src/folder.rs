@@ -226,20 +226,12 @@ pub fn encode_images(encoder: &dyn ImageEncoder, views: &[View], items: &[Item])
         Ok(rows) => rows.into_iter().map(Ok).collect(),
         Err(_) if paths.len() > 1 => paths
             .iter()
-            .map(|p| features(encoder, views, &[p]).map(|mut r| r.remove(0)).map_err(|e| error_chain(e.as_ref())))
+            .map(|p| {
+                features(encoder, views, &[p]).map(|mut r| r.remove(0)).map_err(|e| crate::error::chain(e.as_ref()))
+            })
             .collect(),
-        Err(e) => vec![Err(error_chain(e.as_ref()))],
+        Err(e) => vec![Err(crate::error::chain(e.as_ref()))],
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s += &format!(": {c}");
-        cause = c.source();
-    }
-    s
 }
 
 fn features(

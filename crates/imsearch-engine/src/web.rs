@@ -7,7 +7,7 @@ use crate::Searcher;
 
 impl Backend for Searcher {
     fn search(&self, query: &str, k: usize) -> Result<Answer, String> {
-        match Searcher::search(self, query, k).map_err(|e| error_chain(&e))? {
+        match Searcher::search(self, query, k).map_err(|e| crate::error::chain(&e))? {
             Err(reason) => Ok(Answer::Blocked { reason: reason.to_string() }),
             Ok(ranked) => Ok(Answer::Ranked(
                 ranked.iter().map(|r| Ranked { id: row_id(r.row), score: r.score, blocked: r.blocked }).collect(),
@@ -49,14 +49,4 @@ impl Backend for Searcher {
 /// encoded on this machine); saturating keeps an impossible overflow from aliasing a real id.
 fn row_id(row: usize) -> u32 {
     u32::try_from(row).unwrap_or(u32::MAX)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s += &format!(": {c}");
-        cause = c.source();
-    }
-    s
 }

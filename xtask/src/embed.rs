@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, Result};
 use candle::{Device, Tensor};
 use imsearch_data::Dataset;
-use imsearch_index::{CacheStats, Content, EmbeddingCache, Item};
+use imsearch_index::{CacheStats, Checkpoint, Content, EmbeddingCache, Item};
 use imsearch_models::ModelStore;
 use imsearch_vision::{EncoderKind, ImageEncoder, View};
 
@@ -25,7 +25,9 @@ pub(crate) struct EmbedOpts {
     #[arg(long, value_delimiter = ',', default_value = "mobilenet-v2,efficientnet-lite0,efficientnet-lite2")]
     pub(crate) image_encoders: Vec<String>,
     /// Views of each image whose features are averaged (center, center-flipped, squashed,
-    /// squashed-flipped, and the corner crops top-left, top-right, bottom-left, bottom-right).
+    /// squashed-flipped, the corner crops top-left, top-right, bottom-left, bottom-right, and the
+    /// 2x2 grid at double scale zoom-top-left, zoom-top-right, zoom-bottom-left, zoom-bottom-right
+    /// with zoom-center).
     #[arg(long, value_delimiter = ',', default_value = "center,center-flipped")]
     pub(crate) views: Vec<String>,
     /// Images per forward pass.
@@ -136,18 +138,19 @@ pub(crate) fn embed_images(
     collection: &str,
 ) -> Result<EmbeddingCache> {
     let path = dir.join(format!("{collection}.safetensors"));
-    let mut cache = EmbeddingCache::load_or_new(&path, model_id, encoder.dim())?;
+    let mut cache = open_cache(&path, model_id, encoder.dim())?;
     let bar = crate::progress::bar(items.len() as u64, &format!("{model_id} {collection}"), "images");
     let start = Instant::now();
-    let stats = cache.refresh(
+    let stats = cache.refresh_saving(
         items,
         batch,
+        Some(&Checkpoint::to(&path)),
         |batch| imsearch_engine::encode_images(encoder, views, batch),
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
     report(model_id, collection, &stats, start);
-    if stats.encoded > 0 || stats.removed > 0 {
+    if stats.changed() {
         cache.save(&path)?;
     }
     Ok(cache)
@@ -185,7 +188,7 @@ pub(crate) fn embed_texts(ds: &Dataset, store: &ModelStore, dir: &Path) -> Resul
             .map(|(i, c)| Item::text(imagenet_prompt_key(i), imagenet_prompt(c))),
     );
     let path = dir.join(TEXT_MODEL).join("captions.safetensors");
-    let mut cache = EmbeddingCache::load_or_new(&path, TEXT_MODEL, 384)?;
+    let mut cache = open_cache(&path, TEXT_MODEL, 384)?;
     let mut model = None;
     let bar = crate::progress::bar(items.len() as u64, &format!("{TEXT_MODEL} captions"), "texts");
     let start = Instant::now();
@@ -216,8 +219,18 @@ pub(crate) fn embed_texts(ds: &Dataset, store: &ModelStore, dir: &Path) -> Resul
     )?;
     bar.finish_and_clear();
     report(TEXT_MODEL, "captions", &stats, start);
-    if stats.encoded > 0 || stats.removed > 0 {
+    if stats.changed() {
         cache.save(&path)?;
+    }
+    Ok(cache)
+}
+
+/// The cache at `path` for `model`; one that is corrupt or of a newer format is reported and
+/// rebuilt.
+fn open_cache(path: &Path, model: &str, dim: usize) -> Result<EmbeddingCache> {
+    let (cache, rebuilt) = EmbeddingCache::load_or_rebuild(path, model, dim)?;
+    if let Some(why) = rebuilt {
+        println!("rebuilding the embedding cache: {why}");
     }
     Ok(cache)
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use candle::Device;
-use imsearch_index::{Content, EmbeddingCache, Item};
+use imsearch_index::{Checkpoint, Content, EmbeddingCache, Item};
 use imsearch_vision::{EncoderKind, ImageEncoder, View};
 use serde::Serialize;
 
@@ -33,6 +33,8 @@ pub struct IndexSummary {
     pub skipped: Vec<Skipped>,
     /// Files that are not images by extension.
     pub ignored_files: usize,
+    /// Caches found corrupt or of a newer format and rebuilt, with the reason.
+    pub rebuilt: Vec<String>,
 }
 
 impl std::fmt::Display for IndexSummary {
@@ -48,7 +50,11 @@ impl std::fmt::Display for IndexSummary {
             self.skipped.len(),
             self.ignored_files,
             self.cache_dir.display()
-        )
+        )?;
+        for why in &self.rebuilt {
+            write!(f, "; rebuilt: {why}")?;
+        }
+        Ok(())
     }
 }
 
@@ -107,6 +113,7 @@ impl FolderIndex {
 
         let mut caches = Vec::new();
         let mut skipped: BTreeMap<String, String> = BTreeMap::new();
+        let mut rebuilt = Vec::new();
         let (mut encoded, mut reused, mut removed) = (0, usize::MAX, 0);
         for (kind, id) in &options.encoders {
             let path = cache_dir.join(format!("{id}.safetensors"));
@@ -116,15 +123,18 @@ impl FolderIndex {
                 other => {
                     if let Err(e) = other {
                         tracing::warn!("rebuilding the index cache: {e}");
+                        rebuilt.push(e.to_string());
                     }
                     let enc = encoder.insert(load_encoder(*kind).map_err(Error::Invalid)?);
                     EmbeddingCache::new(id.clone(), enc.dim())
                 }
             };
             let mut fatal = None;
-            let stats = cache.refresh(
+            // Saved as it goes: a search killed while indexing resumes from the last save.
+            let stats = cache.refresh_saving(
                 &items,
                 options.batch,
+                Some(&Checkpoint::to(&path)),
                 |batch| {
                     let enc = match &encoder {
                         Some(e) => e,
@@ -143,7 +153,7 @@ impl FolderIndex {
             if let Some(why) = fatal {
                 return Err(Error::Invalid(why));
             }
-            if stats.encoded > 0 || stats.removed > 0 {
+            if stats.changed() {
                 cache.save(&path)?;
             }
             // Per image, not per encoder run: every encoder sees the same files.
@@ -180,6 +190,7 @@ impl FolderIndex {
             removed,
             skipped: skipped.into_iter().map(|(file, reason)| Skipped { file, reason }).collect(),
             ignored_files: ignored,
+            rebuilt,
         };
         Ok(FolderIndex { keys, features, dim, parts, summary })
     }

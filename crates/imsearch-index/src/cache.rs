@@ -2,7 +2,7 @@
 //! the model id and each row's key and content hash.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::{Path, PathBuf},
 };
 
@@ -82,23 +82,103 @@ pub struct CacheStats {
     pub reused: usize,
     pub encoded: usize,
     pub removed: usize,
+    /// Files reused by their size and modification time alone, without reading them (a subset
+    /// of `reused`).
+    pub unread: usize,
+    /// Items reused from another key's row with the same content hash (a renamed or copied
+    /// file; a subset of `reused`).
+    pub moved: usize,
+    /// Files whose size or modification time changed but whose bytes did not (hashed, reused,
+    /// their new stamp recorded; a subset of `reused`).
+    pub restamped: usize,
+    /// Times the cache was saved while encoding (see [`Checkpoint`]), the end not counted.
+    pub checkpoints: usize,
     /// Items that could not be read or encoded, with the reason; they have no row.
     pub failed: Vec<(String, String)>,
 }
 
+impl CacheStats {
+    /// Whether the refreshed cache differs from the one loaded, so it is worth saving.
+    pub fn changed(&self) -> bool {
+        self.encoded > 0 || self.removed > 0 || self.moved > 0 || self.restamped > 0
+    }
+}
+
+/// The layout version of the cache's metadata. Version 1 had no `format` field and no stamps;
+/// such a cache still loads (its files are hashed once to fill the stamps in).
+pub const CACHE_FORMAT: u32 = 2;
+
+fn format_v1() -> u32 {
+    1
+}
+
+/// A file's size and modification time: when both are unchanged, the file is taken to be
+/// unchanged and is not read (as rsync and photo managers do; a rewrite that keeps both is
+/// missed until one of them changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` (links followed).
+    pub fn of(path: &Path) -> Result<Stamp> {
+        let read = |source| Error::Read { path: path.to_owned(), source };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if !meta.is_file() {
+            return Err(read(std::io::Error::other("not a regular file")));
+        }
+        let modified = meta.modified().map_err(read)?;
+        let modified_ns = modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Ok(Stamp { size: meta.len(), modified_ns })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Meta {
+    #[serde(default = "format_v1")]
+    format: u32,
     model: String,
     dim: usize,
     keys: Vec<String>,
     hashes: Vec<String>,
+    /// Per row: the file's stamp when it was hashed; `None` for texts and version-1 rows.
+    #[serde(default)]
+    stamps: Vec<Option<Stamp>>,
 }
 
 /// Embeddings of a collection under one model: row `i` is the embedding of `keys()[i]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EmbeddingCache {
     meta: Meta,
     data: Vec<f32>,
+    /// Row of each key: lookups and inserts in constant time.
+    index: HashMap<String, usize>,
+}
+
+impl PartialEq for EmbeddingCache {
+    fn eq(&self, other: &Self) -> bool {
+        self.meta == other.meta && self.data == other.data
+    }
+}
+
+/// When [`EmbeddingCache::refresh_saving`] saves the cache while it encodes: after `every_items`
+/// newly encoded items or `every` of wall time since the last save, whichever comes first, so a
+/// process killed part-way loses at most that much work.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub every_items: usize,
+    pub every: std::time::Duration,
+}
+
+impl Checkpoint {
+    /// Every 256 items or 10 seconds.
+    pub fn to(path: impl Into<PathBuf>) -> Self {
+        Checkpoint { path: path.into(), every_items: 256, every: std::time::Duration::from_secs(10) }
+    }
 }
 
 /// The sha256 of a file's bytes, in hex.
@@ -111,11 +191,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How one listed item gets its row.
+enum Source {
+    /// The row of the same key, unchanged.
+    Same,
+    /// Another key's row with the same content.
+    Moved(Vec<f32>),
+    /// To be encoded.
+    Encode,
+    /// Unreadable; reported.
+    Failed,
+}
+
 impl EmbeddingCache {
     pub fn new(model: impl Into<String>, dim: usize) -> Self {
         EmbeddingCache {
-            meta: Meta { model: model.into(), dim, keys: Vec::new(), hashes: Vec::new() },
+            meta: Meta {
+                format: CACHE_FORMAT,
+                model: model.into(),
+                dim,
+                keys: Vec::new(),
+                hashes: Vec::new(),
+                stamps: Vec::new(),
+            },
             data: Vec::new(),
+            index: HashMap::new(),
         }
     }
 
@@ -148,25 +248,32 @@ impl EmbeddingCache {
         &self.data[i * self.meta.dim..(i + 1) * self.meta.dim]
     }
 
-    /// The row of `key`, if cached.
+    /// The row of `key`, if cached (constant time).
     pub fn get(&self, key: &str) -> Option<&[f32]> {
-        self.meta.keys.iter().position(|k| k == key).map(|i| self.row(i))
+        self.index.get(key).map(|&i| self.row(i))
     }
 
-    /// Adds or replaces one row.
+    /// Adds or replaces one row (constant time).
     pub fn insert(&mut self, key: String, hash: String, embedding: &[f32]) -> Result<()> {
+        self.insert_stamped(key, hash, None, embedding)
+    }
+
+    fn insert_stamped(&mut self, key: String, hash: String, stamp: Option<Stamp>, embedding: &[f32]) -> Result<()> {
         if embedding.len() != self.meta.dim {
             return Err(Error::Dimension { key, expected: self.meta.dim, found: embedding.len() });
         }
-        match self.meta.keys.iter().position(|k| *k == key) {
-            Some(i) => {
+        match self.index.get(&key) {
+            Some(&i) => {
                 self.meta.hashes[i] = hash;
+                self.meta.stamps[i] = stamp;
                 let dim = self.meta.dim;
                 self.data[i * dim..(i + 1) * dim].copy_from_slice(embedding);
             }
             None => {
+                self.index.insert(key.clone(), self.meta.keys.len());
                 self.meta.keys.push(key);
                 self.meta.hashes.push(hash);
+                self.meta.stamps.push(stamp);
                 self.data.extend_from_slice(embedding);
             }
         }
@@ -174,11 +281,24 @@ impl EmbeddingCache {
     }
 
     /// Loads the cache at `path` if it exists and was made by `model` with dimension `dim`;
-    /// otherwise an empty cache (a cache for another model is not an error, it is stale).
+    /// otherwise an empty cache (a cache for another model is not an error, it is stale). A
+    /// corrupt cache is an error: see [`load_or_rebuild`](Self::load_or_rebuild) to start over.
     pub fn load_or_new(path: &Path, model: &str, dim: usize) -> Result<Self> {
         match Self::load(path)? {
             Some(c) if c.meta.model == model && c.meta.dim == dim => Ok(c),
             _ => Ok(Self::new(model, dim)),
+        }
+    }
+
+    /// As [`load_or_new`](Self::load_or_new), but a cache that is corrupt or of a newer format
+    /// gives an empty cache and the reason, for the caller to report; the next save replaces
+    /// it. Only an I/O error other than a missing file is an error.
+    pub fn load_or_rebuild(path: &Path, model: &str, dim: usize) -> Result<(Self, Option<Error>)> {
+        match Self::load(path) {
+            Ok(Some(c)) if c.meta.model == model && c.meta.dim == dim => Ok((c, None)),
+            Ok(_) => Ok((Self::new(model, dim), None)),
+            Err(e @ Error::Corrupt { .. }) => Ok((Self::new(model, dim), Some(e))),
+            Err(e) => Err(e),
         }
     }
 
@@ -196,12 +316,20 @@ impl EmbeddingCache {
             .as_ref()
             .and_then(|m| m.get("imsearch"))
             .ok_or_else(|| corrupt("no imsearch metadata".into()))?;
-        let meta: Meta = serde_json::from_str(meta_json).map_err(|e| corrupt(e.to_string()))?;
+        let mut meta: Meta = serde_json::from_str(meta_json).map_err(|e| corrupt(e.to_string()))?;
+        if meta.format > CACHE_FORMAT {
+            return Err(corrupt(format!("format {} is newer than this program's {CACHE_FORMAT}", meta.format)));
+        }
+        if meta.stamps.is_empty() {
+            meta.stamps = vec![None; meta.keys.len()];
+        }
+        meta.format = CACHE_FORMAT;
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let view = tensors.tensor("embeddings").map_err(|e| corrupt(e.to_string()))?;
         if view.dtype() != Dtype::F32
             || view.shape() != [meta.keys.len(), meta.dim]
             || meta.hashes.len() != meta.keys.len()
+            || meta.stamps.len() != meta.keys.len()
         {
             return Err(corrupt(format!(
                 "shape {:?} does not match {} keys of dimension {}",
@@ -210,8 +338,12 @@ impl EmbeddingCache {
                 meta.dim
             )));
         }
+        let index: HashMap<String, usize> = meta.keys.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+        if index.len() != meta.keys.len() {
+            return Err(corrupt("a key is listed twice".into()));
+        }
         let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(Some(EmbeddingCache { meta, data }))
+        Ok(Some(EmbeddingCache { meta, data, index }))
     }
 
     /// Writes the cache to `path` atomically (imsearch-fsio: a temporary file in the same folder,
@@ -231,75 +363,147 @@ impl EmbeddingCache {
         Ok(imsearch_fsio::write_bytes_atomic(path, &out)?)
     }
 
-    /// Brings the cache in line with `items`: rows of items whose content hash is unchanged are
-    /// kept, new or changed items are encoded in batches of `batch` with `encode`, rows of
-    /// items no longer listed are dropped. Rows end up in the order of `items`.
-    ///
-    /// `encode` gets a batch of items and returns one result per item; an item that fails to
-    /// read or encode is reported in [`CacheStats::failed`] and gets no row. `progress` is
-    /// called with the number of items done so far.
+    /// Brings the cache in line with `items`, keeping it only in memory: see
+    /// [`refresh_saving`](Self::refresh_saving).
     pub fn refresh(
         &mut self,
         items: &[Item],
         batch: usize,
+        encode: impl FnMut(&[Item]) -> Vec<Result<Vec<f32>, String>>,
+        progress: impl FnMut(usize),
+    ) -> Result<CacheStats> {
+        self.refresh_saving(items, batch, None, encode, progress)
+    }
+
+    /// Brings the cache in line with `items`: a file whose size and modification time are
+    /// those recorded is reused without being read; otherwise its content hash decides (the
+    /// same bytes under the same key, or under another key, as for a renamed file, are
+    /// reused); new or changed items are encoded in batches of `batch` with `encode`; rows of
+    /// items no longer listed are dropped. Rows end up in the order of `items`.
+    ///
+    /// With a `checkpoint`, the cache (its old rows and every row encoded so far) is saved
+    /// there atomically as encoding goes, so a process killed part-way resumes from the last
+    /// save; the caller saves the final cache.
+    ///
+    /// `encode` gets a batch of items and returns one result per item; an item that fails to
+    /// read or encode is reported in [`CacheStats::failed`] and gets no row. `progress` is
+    /// called with the number of items done so far.
+    pub fn refresh_saving(
+        &mut self,
+        items: &[Item],
+        batch: usize,
+        checkpoint: Option<&Checkpoint>,
         mut encode: impl FnMut(&[Item]) -> Vec<Result<Vec<f32>, String>>,
         mut progress: impl FnMut(usize),
     ) -> Result<CacheStats> {
         let mut stats = CacheStats::default();
-        let old: BTreeMap<&str, usize> = self.meta.keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
-        let mut fresh = EmbeddingCache::new(self.meta.model.clone(), self.meta.dim);
-        let mut todo: Vec<(Item, String)> = Vec::new();
-        let mut hashes: Vec<Option<String>> = Vec::with_capacity(items.len());
-        for item in items {
-            match item.content_hash() {
-                Ok(hash) => {
-                    let reusable = old.get(item.key.as_str()).filter(|&&i| self.meta.hashes[i] == hash);
-                    if reusable.is_none() {
-                        todo.push((item.clone(), hash.clone()));
+        let by_hash: HashMap<&str, usize> = self.meta.hashes.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
+        let mut plan: Vec<(Source, String, Option<Stamp>)> = Vec::with_capacity(items.len());
+        let mut todo: Vec<usize> = Vec::new();
+        let fail = |stats: &mut CacheStats, key: &str, e: Error| {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            stats.failed.push((key.to_owned(), format!("{e}{cause}")));
+        };
+        for (n, item) in items.iter().enumerate() {
+            let old = self.index.get(item.key.as_str()).copied();
+            let stamp = match &item.content {
+                Content::File(path) => match Stamp::of(path) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        fail(&mut stats, &item.key, e);
+                        plan.push((Source::Failed, String::new(), None));
+                        continue;
                     }
-                    hashes.push(Some(hash));
-                }
-                Err(e) => {
-                    let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-                    stats.failed.push((item.key.clone(), format!("{e}{cause}")));
-                    hashes.push(None);
+                },
+                Content::Text(_) => None,
+            };
+            if let (Some(i), Some(s)) = (old, stamp) {
+                if self.meta.stamps[i] == Some(s) {
+                    stats.unread += 1;
+                    plan.push((Source::Same, self.meta.hashes[i].clone(), stamp));
+                    continue;
                 }
             }
+            let hash = match item.content_hash() {
+                Ok(h) => h,
+                Err(e) => {
+                    fail(&mut stats, &item.key, e);
+                    plan.push((Source::Failed, String::new(), None));
+                    continue;
+                }
+            };
+            let source = match (old, by_hash.get(hash.as_str())) {
+                (Some(i), _) if self.meta.hashes[i] == hash => {
+                    stats.restamped += usize::from(stamp.is_some());
+                    Source::Same
+                }
+                (_, Some(&j)) => {
+                    stats.moved += 1;
+                    Source::Moved(self.row(j).to_vec())
+                }
+                _ => {
+                    todo.push(n);
+                    Source::Encode
+                }
+            };
+            plan.push((source, hash, stamp));
         }
-        let mut encoded: HashMap<String, Vec<f32>> = HashMap::new();
+        drop(by_hash);
+
         let mut done = items.len() - todo.len();
         progress(done);
+        let (mut since_save, mut last_save) = (0usize, std::time::Instant::now());
+        let mut encoded_ok = vec![false; items.len()];
         for chunk in todo.chunks(batch.max(1)) {
-            let batch_items: Vec<Item> = chunk.iter().map(|(i, _)| i.clone()).collect();
+            let batch_items: Vec<Item> = chunk.iter().map(|&n| items[n].clone()).collect();
             let results = encode(&batch_items);
-            for ((item, _), result) in chunk.iter().zip(results) {
+            for (&n, result) in chunk.iter().zip(results) {
+                let key = &items[n].key;
                 match result {
                     Ok(v) if v.len() == self.meta.dim => {
-                        encoded.insert(item.key.clone(), v);
+                        let (_, hash, stamp) = &plan[n];
+                        self.insert_stamped(key.clone(), hash.clone(), *stamp, &v)?;
+                        encoded_ok[n] = true;
+                        since_save += 1;
                     }
                     Ok(v) => stats.failed.push((
-                        item.key.clone(),
+                        key.clone(),
                         format!("encoder returned {} values, expected {}", v.len(), self.meta.dim),
                     )),
-                    Err(reason) => stats.failed.push((item.key.clone(), reason)),
+                    Err(reason) => stats.failed.push((key.clone(), reason)),
                 }
             }
             done += chunk.len();
             progress(done);
+            if let Some(c) = checkpoint {
+                if since_save > 0 && (since_save >= c.every_items || last_save.elapsed() >= c.every) {
+                    self.save(&c.path)?;
+                    stats.checkpoints += 1;
+                    (since_save, last_save) = (0, std::time::Instant::now());
+                }
+            }
         }
-        for (item, hash) in items.iter().zip(hashes) {
-            let Some(hash) = hash else { continue };
-            if let Some(v) = encoded.remove(&item.key) {
-                fresh.insert(item.key.clone(), hash, &v)?;
-                stats.encoded += 1;
-            } else if let Some(&i) = old.get(item.key.as_str()).filter(|&&i| self.meta.hashes[i] == hash) {
-                let row = self.row(i).to_vec();
-                fresh.insert(item.key.clone(), hash, &row)?;
-                stats.reused += 1;
+
+        let mut fresh = EmbeddingCache::new(self.meta.model.clone(), self.meta.dim);
+        for (n, (item, (source, hash, stamp))) in items.iter().zip(plan).enumerate() {
+            let row = match &source {
+                Source::Failed => continue,
+                Source::Encode if !encoded_ok[n] => continue,
+                Source::Moved(v) => v.as_slice(),
+                Source::Same | Source::Encode => {
+                    let Some(&i) = self.index.get(item.key.as_str()) else { continue };
+                    self.row(i)
+                }
+            };
+            fresh.insert_stamped(item.key.clone(), hash, stamp, row)?;
+            match source {
+                Source::Encode => stats.encoded += 1,
+                _ => stats.reused += 1,
             }
         }
         let kept: std::collections::HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();
         stats.removed = self.meta.keys.iter().filter(|k| !kept.contains(k.as_str())).count();
+        // Keys encoded now that were listed are kept; keys only in the old cache are removed.
         *self = fresh;
         Ok(stats)
     }
@@ -391,6 +595,120 @@ mod tests {
         let stats = cache.refresh(&[missing], 1, |b| encode(b, &mut calls), |_| {}).unwrap();
         assert_eq!(stats.failed.len(), 1);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn unchanged_stamps_skip_reading_and_renames_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = items(dir.path(), &[("a", "aaa"), ("b", "bb")]);
+        let mut calls = 0;
+        let mut cache = EmbeddingCache::new("m", 2);
+        cache.refresh(&first, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!(calls, 2);
+
+        // Same size and modification time: reused without reading, even though the bytes
+        // changed behind the cache's back (the documented trade-off of metadata checks).
+        let a = dir.path().join("a");
+        let modified = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(&a, "zzz").unwrap();
+        std::fs::File::options().write(true).open(&a).unwrap().set_modified(modified).unwrap();
+        calls = 0;
+        let stats = cache.refresh(&first, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!((calls, stats.unread, stats.reused), (0, 2, 2));
+        assert_eq!(cache.get("a"), Some(&[3.0, 97.0][..]), "the file was read");
+
+        // A touched file with the same bytes is hashed, not encoded; a renamed one is found
+        // by its hash under its new key.
+        let later = modified + std::time::Duration::from_secs(5);
+        std::fs::File::options().write(true).open(dir.path().join("b")).unwrap().set_modified(later).unwrap();
+        std::fs::rename(dir.path().join("a"), dir.path().join("c")).unwrap();
+        std::fs::write(dir.path().join("c"), "aaa").unwrap();
+        let second = vec![Item::file("b", dir.path().join("b")), Item::file("c", dir.path().join("c"))];
+        calls = 0;
+        let stats = cache.refresh(&second, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!((calls, stats.unread, stats.moved, stats.reused, stats.removed), (0, 0, 1, 2, 1));
+        assert_eq!(stats.restamped, 1, "b's new time is recorded");
+        assert!(stats.changed());
+        let stats = cache.refresh(&second, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!((stats.unread, stats.restamped, stats.changed()), (2, 0, false));
+        assert_eq!(cache.get("c"), Some(&[3.0, 97.0][..]));
+        assert_eq!(cache.get("a"), None);
+    }
+
+    #[test]
+    fn checkpoints_save_work_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.safetensors");
+        let names: Vec<(String, String)> = (0..10).map(|i| (format!("f{i}"), "x".repeat(i + 1))).collect();
+        let names: Vec<(&str, &str)> = names.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let all = items(dir.path(), &names);
+        let checkpoint = Checkpoint { path: path.clone(), every_items: 4, every: std::time::Duration::from_secs(3600) };
+        let mut cache = EmbeddingCache::new("m", 2);
+        let mut saved_rows = Vec::new();
+        let mut calls = 0;
+        let stats = cache
+            .refresh_saving(
+                &all,
+                2,
+                Some(&checkpoint),
+                |b| {
+                    // What a killed process would leave: the last checkpoint on disk.
+                    saved_rows.push(EmbeddingCache::load(&path).unwrap().map_or(0, |c| c.len()));
+                    encode(b, &mut calls)
+                },
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!((stats.encoded, stats.checkpoints), (10, 2));
+        assert_eq!(saved_rows, [0, 0, 4, 4, 8]);
+        // A rerun from the last checkpoint encodes only the rest.
+        let mut resumed = EmbeddingCache::load(&path).unwrap().unwrap();
+        calls = 0;
+        let stats = resumed.refresh(&all, 2, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!((calls, stats.encoded, stats.reused), (2, 2, 8));
+        assert_eq!(resumed, cache);
+    }
+
+    #[test]
+    fn corrupt_or_newer_caches_are_reported_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let (cache, why) = EmbeddingCache::load_or_rebuild(&path, "m", 1).unwrap();
+        assert!(cache.is_empty() && why.is_none());
+        std::fs::write(&path, b"\x08\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+        let (cache, why) = EmbeddingCache::load_or_rebuild(&path, "m", 1).unwrap();
+        assert!(cache.is_empty());
+        assert!(why.unwrap().to_string().contains("x.safetensors"));
+
+        let mut newer = EmbeddingCache::new("m", 1);
+        newer.insert("k".into(), "h".into(), &[1.0]).unwrap();
+        newer.meta.format = CACHE_FORMAT + 1;
+        newer.save(&path).unwrap();
+        let (cache, why) = EmbeddingCache::load_or_rebuild(&path, "m", 1).unwrap();
+        assert!(cache.is_empty());
+        assert!(why.unwrap().to_string().contains("newer"), "the reason names the format");
+    }
+
+    #[test]
+    fn version_1_caches_load_and_get_their_stamps_filled_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.safetensors");
+        let all = items(dir.path(), &[("a", "aaa")]);
+        let mut cache = EmbeddingCache::new("m", 2);
+        let mut calls = 0;
+        cache.refresh(&all, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        // Written as version 1 did: no format, no stamps.
+        let meta = serde_json::json!({"model": "m", "dim": 2, "keys": ["a"], "hashes": [cache.meta.hashes[0]]});
+        let bytes: Vec<u8> = cache.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![1, 2], &bytes).unwrap();
+        let metadata: HashMap<String, String> = [("imsearch".to_owned(), meta.to_string())].into();
+        std::fs::write(&path, safetensors::serialize([("embeddings", view)], &Some(metadata)).unwrap()).unwrap();
+        let mut old = EmbeddingCache::load(&path).unwrap().unwrap();
+        let stats = old.refresh(&all, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!((stats.reused, stats.unread, stats.encoded, stats.restamped), (1, 0, 0, 1));
+        assert_eq!(old, cache);
+        let stats = old.refresh(&all, 8, |b| encode(b, &mut calls), |_| {}).unwrap();
+        assert_eq!(stats.unread, 1);
     }
 
     fn item_missing(dir: &Path) -> Item {

@@ -13,5 +13,7 @@
 mod cache;
 mod search;
 
-pub use cache::{content_hash, CacheStats, Content, EmbeddingCache, Error, Item, Result};
+pub use cache::{
+    content_hash, CacheStats, Checkpoint, Content, EmbeddingCache, Error, Item, Result, Stamp, CACHE_FORMAT,
+};
 pub use search::{dot_scores, top_k, Hit};

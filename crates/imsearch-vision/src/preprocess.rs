@@ -78,6 +78,10 @@ impl PreprocessConfig {
             View::TopLeft | View::TopRight | View::BottomLeft | View::BottomRight => {
                 corner_crop(&resize_shorter(img, self.resize), self.crop, view)
             }
+            View::ZoomCenter => center_crop(&resize_shorter(img, 2 * self.crop), self.crop),
+            View::ZoomTopLeft | View::ZoomTopRight | View::ZoomBottomLeft | View::ZoomBottomRight => {
+                corner_crop(&resize_shorter(img, 2 * self.crop), self.crop, view)
+            }
         };
         match view {
             View::CenterFlipped | View::SquashedFlipped => image::imageops::flip_horizontal(&out),
@@ -161,11 +165,23 @@ pub enum View {
     BottomLeft,
     /// As [`View::TopLeft`], the bottom-right square.
     BottomRight,
+    /// Resize the shorter side to twice the crop, then take the top-left crop-sized square: a
+    /// quarter of the picture at double scale, so a small person fills more of the network's
+    /// input (with the other three `Zoom` corners, a 2x2 grid over the picture).
+    ZoomTopLeft,
+    /// As [`View::ZoomTopLeft`], the top-right square.
+    ZoomTopRight,
+    /// As [`View::ZoomTopLeft`], the bottom-left square.
+    ZoomBottomLeft,
+    /// As [`View::ZoomTopLeft`], the bottom-right square.
+    ZoomBottomRight,
+    /// As [`View::ZoomTopLeft`], the centre square.
+    ZoomCenter,
 }
 
 impl View {
     /// Every view, the standard one first.
-    pub const ALL: [View; 8] = [
+    pub const ALL: [View; 13] = [
         View::Center,
         View::CenterFlipped,
         View::Squashed,
@@ -174,10 +190,16 @@ impl View {
         View::TopRight,
         View::BottomLeft,
         View::BottomRight,
+        View::ZoomTopLeft,
+        View::ZoomTopRight,
+        View::ZoomBottomLeft,
+        View::ZoomBottomRight,
+        View::ZoomCenter,
     ];
 
     /// The view's name, as serialised: `center`, `center-flipped`, `squashed`,
-    /// `squashed-flipped`, `top-left`, `top-right`, `bottom-left`, `bottom-right`.
+    /// `squashed-flipped`, `top-left`, `top-right`, `bottom-left`, `bottom-right`, `zoom-top-left`,
+    /// `zoom-top-right`, `zoom-bottom-left`, `zoom-bottom-right`, `zoom-center`.
     pub fn name(self) -> &'static str {
         match self {
             View::Center => "center",
@@ -188,6 +210,11 @@ impl View {
             View::TopRight => "top-right",
             View::BottomLeft => "bottom-left",
             View::BottomRight => "bottom-right",
+            View::ZoomTopLeft => "zoom-top-left",
+            View::ZoomTopRight => "zoom-top-right",
+            View::ZoomBottomLeft => "zoom-bottom-left",
+            View::ZoomBottomRight => "zoom-bottom-right",
+            View::ZoomCenter => "zoom-center",
         }
     }
 }
@@ -257,9 +284,9 @@ fn corner_crop(img: &RgbImage, size: u32, corner: View) -> RgbImage {
         return center_crop(img, size);
     }
     let (left, top) = match corner {
-        View::TopRight => (w - size, 0),
-        View::BottomLeft => (0, h - size),
-        View::BottomRight => (w - size, h - size),
+        View::TopRight | View::ZoomTopRight => (w - size, 0),
+        View::BottomLeft | View::ZoomBottomLeft => (0, h - size),
+        View::BottomRight | View::ZoomBottomRight => (w - size, h - size),
         _ => (0, 0),
     };
     image::imageops::crop_imm(img, left, top, size, size).to_image()
@@ -464,6 +491,38 @@ mod tests {
             assert_eq!(v.dimensions(), (224, 224));
             let corner = v.get_pixel(if want[0] == 0 { 0 } else { 223 }, if want[1] == 0 { 0 } else { 223 });
             assert_eq!([corner[0], corner[1]], want, "{view}");
+        }
+    }
+
+    #[test]
+    fn zoom_views_are_a_grid_at_double_scale() {
+        // 300 x 200 with a distinct colour in each quadrant.
+        let img = RgbImage::from_fn(300, 200, |x, y| {
+            image::Rgb([if x < 150 { 0 } else { 255 }, if y < 100 { 0 } else { 255 }, 7])
+        });
+        let cfg = PreprocessConfig::imagenet();
+        // Shorter side 200 -> 448: 672 x 448; each zoomed corner square (224) lies inside one
+        // quadrant (336 x 224), unlike the corner views, whose squares cross the middle.
+        for (view, want) in [
+            (View::ZoomTopLeft, [0, 0]),
+            (View::ZoomTopRight, [255, 0]),
+            (View::ZoomBottomLeft, [0, 255]),
+            (View::ZoomBottomRight, [255, 255]),
+        ] {
+            let v = cfg.view(&img, view);
+            assert_eq!(v.dimensions(), (224, 224));
+            // A few pixels in from the square's edges: where two quadrants meet, resampling blends.
+            for (x, y) in [(3, 3), (220, 3), (3, 220), (220, 220), (112, 112)] {
+                let p = v.get_pixel(x, y);
+                assert_eq!([p[0], p[1]], want, "{view} at ({x}, {y})");
+            }
+        }
+        // The zoomed centre square straddles all four quadrants.
+        let v = cfg.view(&img, View::ZoomCenter);
+        assert_eq!(v.dimensions(), (224, 224));
+        for ((x, y), want) in [((0, 0), [0, 0]), ((223, 0), [255, 0]), ((0, 223), [0, 255]), ((223, 223), [255, 255])] {
+            let p = v.get_pixel(x, y);
+            assert_eq!([p[0], p[1]], want, "zoom-center at ({x}, {y})");
         }
     }
 

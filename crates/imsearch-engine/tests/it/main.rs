@@ -212,3 +212,71 @@ fn a_classifier_head_read_through_the_encoder_gives_its_logits() {
     // A bias that does not match the classes is an error.
     assert!(ClassifierHead::new(random(&mut rng, (4, 3)), random(&mut rng, (1, 2)).squeeze(0).unwrap()).is_err());
 }
+
+/// An "encoder" whose features are the mean of each colour channel.
+struct ChannelMeans(imsearch_vision::PreprocessConfig);
+
+impl imsearch_vision::ImageEncoder for ChannelMeans {
+    fn id(&self) -> &str {
+        "channel-means"
+    }
+    fn dim(&self) -> usize {
+        3
+    }
+    fn preprocess(&self) -> &imsearch_vision::PreprocessConfig {
+        &self.0
+    }
+    fn features(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        xs.mean((2, 3))
+    }
+    fn logits(&self, features: &Tensor) -> candle::Result<Tensor> {
+        Ok(features.clone())
+    }
+}
+
+#[test]
+fn a_folder_index_reuses_its_cache_and_rebuilds_a_corrupt_one() {
+    use imsearch_engine::{FolderIndex, IndexOptions};
+    use imsearch_vision::{EncoderKind, ImageEncoder, View};
+    use std::cell::Cell;
+
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("sub")).unwrap();
+    for (name, rgb) in [("red.png", [255, 0, 0]), ("green.png", [0, 255, 0]), ("sub/blue.png", [0, 0, 255])] {
+        image::RgbImage::from_pixel(40, 30, image::Rgb(rgb)).save(photos.join(name)).unwrap();
+    }
+    let options = IndexOptions {
+        encoders: vec![(EncoderKind::MobileNetV2, "channel-means@center".to_owned())],
+        views: vec![View::Center],
+        batch: 2,
+        cache_root: dir.path().join("index"),
+    };
+    let loads = Cell::new(0);
+    let load = |_: EncoderKind| -> Result<Box<dyn ImageEncoder>, String> {
+        loads.set(loads.get() + 1);
+        Ok(Box::new(ChannelMeans(EncoderKind::MobileNetV2.preprocess())))
+    };
+    let open = || FolderIndex::open(&photos, &options, &load, &|_, _, _| {}).unwrap();
+
+    let first = open();
+    assert_eq!(first.keys, ["green.png", "red.png", "sub/blue.png"]);
+    assert_eq!((first.summary.encoded, first.summary.reused, first.dim), (3, 0, 3));
+    // Red is brightest in the red channel.
+    let red = &first.features[3..6];
+    assert!(red[0] > red[1] && red[0] > red[2], "{red:?}");
+
+    // Unchanged: nothing encoded, and the encoder is not even loaded.
+    loads.set(0);
+    let second = open();
+    assert_eq!((second.summary.encoded, second.summary.reused, loads.get()), (0, 3, 0));
+    assert_eq!(second.features, first.features);
+
+    // A corrupt cache is reported in the summary and rebuilt.
+    let cache = std::fs::read_dir(&first.summary.cache_dir).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&cache, b"not a cache").unwrap();
+    let third = open();
+    assert_eq!((third.summary.encoded, third.summary.rebuilt.len()), (3, 1));
+    assert!(third.summary.to_string().contains("rebuilt"), "{}", third.summary);
+    assert_eq!(third.features, first.features);
+}

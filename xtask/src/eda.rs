@@ -107,5 +107,24 @@ fn print_summary(s: &Summary, ds: &Dataset, files: &[FileTable]) {
         for (file, reason, n) in ds.report.skipped() {
             println!("  {file}: {n} x {reason}");
         }
+        // Missing images by name: a person fixes these, so each is worth a line (up to 20).
+        let missing: Vec<String> = ds
+            .report
+            .files
+            .iter()
+            .flat_map(|f| f.skips.iter().map(move |s| (f, s)))
+            .filter_map(|(f, s)| match &s.reason {
+                imsearch_data::SkipReason::MissingImage { image } => {
+                    Some(format!("  {}:{}: {image} is missing on disk", f.file, s.line))
+                }
+                _ => None,
+            })
+            .collect();
+        for line in missing.iter().take(20) {
+            println!("{line}");
+        }
+        if missing.len() > 20 {
+            println!("  ... and {} more rows naming a missing image", missing.len() - 20);
+        }
     }
 }

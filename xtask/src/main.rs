@@ -14,6 +14,7 @@ mod fixtures;
 mod models;
 mod paths;
 mod progress;
+mod scale;
 mod search;
 mod serve;
 mod throughput;
@@ -66,6 +67,8 @@ enum Command {
     Ci(ci::Args),
     /// Measure encoder throughput on the PyTorch reference's work (images/s, sentences/s, peak memory).
     Throughput(throughput::Args),
+    /// Index a synthetic library of thousands of photos and measure it: images/s, rerun time, MB per image, query latency, top-k over 100,000 vectors.
+    Scale(scale::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::WebCheck(args) => web_check::run(args),
         Command::Ci(args) => ci::run(&root, args),
         Command::Throughput(args) => throughput::run(args),
+        Command::Scale(args) => scale::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

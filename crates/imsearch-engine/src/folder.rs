@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use crate::{engine::ImagePart, Error, Result};
 
-/// File extensions indexed (the image decoders the workspace enables).
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// File extensions indexed, matched case-insensitively: the formats imsearch-vision decodes
+/// (JPEG, PNG, WebP, GIF, BMP, TIFF).
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// What indexing a folder did.
 #[derive(Debug, Clone, Serialize)]
@@ -103,7 +104,8 @@ impl FolderIndex {
             return Err(Error::Invalid(format!("{} is not a folder", folder.display())));
         }
         let root = folder.canonicalize().map_err(|source| Error::Read { path: folder.to_owned(), source })?;
-        let (files, ignored) = list_images(&root)?;
+        let listing = list_images_detailed(&root)?;
+        let (files, ignored) = (listing.images, listing.ignored);
         let items: Vec<Item> = files.iter().map(|(key, path)| Item::file(key.clone(), path.clone())).collect();
         let digest = root
             .to_string_lossy()
@@ -112,7 +114,8 @@ impl FolderIndex {
         let cache_dir = options.cache_root.join(format!("{digest:016x}"));
 
         let mut caches = Vec::new();
-        let mut skipped: BTreeMap<String, String> = BTreeMap::new();
+        // Entries the listing skipped (broken links, special files), then files that failed.
+        let mut skipped: BTreeMap<String, String> = listing.skipped.into_iter().map(|s| (s.file, s.reason)).collect();
         let mut rebuilt = Vec::new();
         let (mut encoded, mut reused, mut removed) = (0, usize::MAX, 0);
         for (kind, id) in &options.encoders {
@@ -258,15 +261,43 @@ fn features(
 }
 
 /// The image files under `root` as (path relative to `root` with `/` separators, path), sorted,
-/// and the number of other files. Hidden entries are skipped; symbolic links to folders are not
-/// followed.
+/// and the number of other entries: files that are not images by extension plus the entries
+/// `list_images_detailed` skips with a reason (dangling symbolic links, ...). Hidden entries
+/// are left out; symbolic links to folders are not followed.
 pub fn list_images(root: &Path) -> Result<(Vec<(String, PathBuf)>, usize)> {
-    let mut images = Vec::new();
-    let mut ignored = 0;
+    let listing = list_images_detailed(root)?;
+    Ok((listing.images, listing.ignored + listing.skipped.len()))
+}
+
+/// What [`list_images_detailed`] found under a folder.
+#[derive(Debug, Clone, Default)]
+pub struct ImageListing {
+    /// The image files: (path relative to the root with `/` separators, path), sorted.
+    pub images: Vec<(String, PathBuf)>,
+    /// Files that are not images by extension.
+    pub ignored: usize,
+    /// Entries left out, with the reason, sorted by relative path: dangling symbolic links and
+    /// symbolic link loops (whatever their name: the target may have been a folder of photos),
+    /// symbolic links to folders (not followed), and special files (fifos, sockets, devices)
+    /// named like images.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The image files under `root` (by extension, case-insensitively; a folder named like an
+/// image is a folder and is searched), the number of other files, and the entries left out with
+/// the reason. Hidden entries (names starting with `.`) are left out silently. A symbolic link
+/// to a file is an image like the file; symbolic links to folders are not followed (a link to
+/// an ancestor would loop). A folder that cannot be read is an error naming it.
+pub fn list_images_detailed(root: &Path) -> Result<ImageListing> {
+    let mut listing = ImageListing::default();
     let mut stack = vec![root.to_owned()];
     let read_err = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Read { path, source }
+    };
+    let key_of = |path: &Path| {
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
     };
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).map_err(read_err(&dir))? {
@@ -275,29 +306,68 @@ pub fn list_images(root: &Path) -> Result<(Vec<(String, PathBuf)>, usize)> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let kind = entry.file_type().map_err(read_err(&path))?;
+            let mut skip = |reason: String| listing.skipped.push(Skipped { file: key_of(&path), reason });
+            let mut kind = entry.file_type().map_err(read_err(&path))?;
             if kind.is_dir() {
                 stack.push(path);
                 continue;
             }
-            if !(kind.is_file() || (kind.is_symlink() && path.is_file())) {
-                continue;
+            if kind.is_symlink() {
+                match fs::metadata(&path) {
+                    Ok(target) if target.is_dir() => {
+                        skip("symbolic link to a folder (not followed)".into());
+                        continue;
+                    }
+                    Ok(target) => kind = target.file_type(),
+                    Err(e) => {
+                        skip(symlink_problem(&path, &e));
+                        continue;
+                    }
+                }
             }
             let is_image = path
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
             if !is_image {
-                ignored += 1;
-                continue;
+                listing.ignored += 1;
+            } else if !kind.is_file() {
+                // Reading a fifo would block; a device or socket is no photo.
+                skip("not a regular file (a fifo, socket or device)".into());
+            } else {
+                listing.images.push((key_of(&path), path));
             }
-            let relative = path.strip_prefix(root).unwrap_or(&path);
-            let key = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-            images.push((key, path));
         }
     }
-    images.sort();
-    Ok((images, ignored))
+    listing.images.sort();
+    listing.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(listing)
+}
+
+/// Why the symbolic link `path` cannot be followed (`error` is what following it gave).
+fn symlink_problem(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        return "dangling symbolic link (its target does not exist)".into();
+    }
+    // Follow the chain by hand: a link seen twice, or more links than the kernel follows
+    // (40 on Linux), is a loop.
+    let mut seen = std::collections::HashSet::new();
+    let mut at = path.to_owned();
+    for _ in 0..=40 {
+        if !seen.insert(at.clone()) {
+            return "symbolic link loop".into();
+        }
+        match fs::read_link(&at) {
+            Ok(target) => {
+                at = match at.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                }
+            }
+            Err(_) => return format!("cannot follow symbolic link: {error}"),
+        }
+    }
+    "symbolic link loop".into()
 }
 
 #[cfg(test)]
@@ -317,5 +387,82 @@ mod tests {
         let keys: Vec<&str> = images.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a.png", "b.JPG", "sub/c.jpeg"]);
         assert_eq!(ignored, 1);
+    }
+
+    #[test]
+    fn every_decoded_format_is_listed_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let names = ["a.jpg", "b.JPEG", "c.png", "d.WebP", "e.gif", "f.bmp", "g.tif", "h.TIFF", "i.heic", "j.svg"];
+        for f in names {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        let listing = list_images_detailed(dir).unwrap();
+        let keys: Vec<&str> = listing.images.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, names[..8]);
+        assert_eq!(listing.ignored, 2);
+        assert!(listing.skipped.is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn broken_links_are_counted_with_a_reason_and_folders_named_like_images_are_searched() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        // A folder named like an image: searched, not taken for a file.
+        fs::create_dir_all(dir.join("trip.jpg/day1")).unwrap();
+        fs::write(dir.join("trip.jpg/day1/beach.png"), b"x").unwrap();
+        fs::write(dir.join("real.jpg"), b"x").unwrap();
+        symlink("real.jpg", dir.join("link.jpg")).unwrap();
+        symlink("gone.jpg", dir.join("dangling.jpg")).unwrap();
+        // Dangling whatever its name: it may have pointed to a folder of photos.
+        symlink("/nonexistent/photos", dir.join("old-photos")).unwrap();
+        symlink("loop-b.jpg", dir.join("loop-a.jpg")).unwrap();
+        symlink("loop-a.jpg", dir.join("loop-b.jpg")).unwrap();
+        symlink("self.png", dir.join("self.png")).unwrap();
+        symlink("trip.jpg", dir.join("trip-link.jpg")).unwrap();
+        symlink(".", dir.join("here")).unwrap();
+
+        let listing = list_images_detailed(dir).unwrap();
+        let keys: Vec<&str> = listing.images.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["link.jpg", "real.jpg", "trip.jpg/day1/beach.png"]);
+        assert_eq!(listing.images[2].1, dir.join("trip.jpg/day1/beach.png"));
+        assert_eq!(listing.ignored, 0);
+        let skipped: Vec<(&str, &str)> = listing.skipped.iter().map(|s| (s.file.as_str(), s.reason.as_str())).collect();
+        let dangling = "dangling symbolic link (its target does not exist)";
+        let folder = "symbolic link to a folder (not followed)";
+        assert_eq!(
+            skipped,
+            [
+                ("dangling.jpg", dangling),
+                ("here", folder),
+                ("loop-a.jpg", "symbolic link loop"),
+                ("loop-b.jpg", "symbolic link loop"),
+                ("old-photos", dangling),
+                ("self.png", "symbolic link loop"),
+                ("trip-link.jpg", folder),
+            ]
+        );
+        // The old signature counts them with the other files.
+        let (images, ignored) = list_images(dir).unwrap();
+        assert_eq!(images, listing.images);
+        assert_eq!(ignored, 7);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_named_like_images_are_skipped() {
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let _socket = UnixListener::bind(dir.join("camera.jpg")).unwrap();
+        let _other = UnixListener::bind(dir.join("control")).unwrap();
+        let listing = list_images_detailed(dir).unwrap();
+        assert!(listing.images.is_empty());
+        assert_eq!(listing.ignored, 1);
+        assert_eq!(listing.skipped.len(), 1);
+        assert_eq!(listing.skipped[0].file, "camera.jpg");
+        assert!(listing.skipped[0].reason.starts_with("not a regular file"), "{:?}", listing.skipped);
     }
 }

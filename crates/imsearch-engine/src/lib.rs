@@ -15,6 +15,8 @@
 //! - [`FolderIndex`] and [`Searcher`]: a folder of photos indexed incrementally by the image
 //!   encoders, ranked for a text query by the engine, with the compliance policies applied (the
 //!   text policy gates the query; the image policy's decision per image, fail closed).
+//! - [`make_library`]: a synthetic photo library (the given photos re-encoded at other sizes,
+//!   qualities and rotations in nested folders) for scale benchmarks.
 //! - With the `web` feature, [`Searcher`] implements `imsearch_web::Backend`.
 //!
 //! Where it sits: the top of the library stack. It depends on the fusion, index, compliance,
@@ -27,6 +29,7 @@ mod bridge;
 mod engine;
 mod error;
 mod folder;
+mod library;
 mod neighbours;
 mod scorer;
 mod searcher;
@@ -41,7 +44,11 @@ pub use engine::{
     ENGINE_SCORER,
 };
 pub use error::{Error, Result};
-pub use folder::{encode_images, list_images, FolderIndex, IndexOptions, IndexSummary, Skipped, IMAGE_EXTENSIONS};
+pub use folder::{
+    encode_images, list_images, list_images_detailed, FolderIndex, ImageListing, IndexOptions, IndexSummary, Skipped,
+    IMAGE_EXTENSIONS,
+};
+pub use library::{library_path, make_library, LibrarySummary};
 pub use neighbours::{Neighbourhood, Neighbours};
 pub use scorer::{combine, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer, BANK_Z_RANGE};
 pub use searcher::{ImagePolicySource, Ranked, Searcher};

@@ -80,6 +80,9 @@ impl Searcher {
             })
             .collect();
         let policy_path = policy.map(|p| p.path);
+        // The raw rows live on in `prepared`; the index keeps only the keys and the summary.
+        let mut index = index;
+        index.features = Vec::new();
         Ok(Searcher { index, engine, prepared, text_model, text_policy: TextPolicy::default(), blocked, policy_path })
     }
 

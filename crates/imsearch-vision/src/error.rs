@@ -13,14 +13,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// An image file was read but is not a JPEG or PNG this crate can decode (corrupt,
-    /// truncated or of another format).
+    /// An image file was read but is not a JPEG, PNG, WebP, GIF, BMP or TIFF this crate can
+    /// decode (empty, corrupt, truncated or of another format).
     #[error("failed to decode image {path}")]
     Decode {
         path: PathBuf,
         #[source]
         source: image::ImageError,
     },
+    /// An image declares a size this crate refuses to decode: more than `max_side` pixels wide
+    /// or tall, or more than `max_bytes` once decoded (a decompression bomb or a broken header).
+    #[error(
+        "image {path} is too large to decode: {width}x{height} pixels, {bytes} bytes decoded \
+         (the limits are {max_side} pixels a side and {max_bytes} bytes)"
+    )]
+    TooLarge { path: PathBuf, width: u32, height: u32, bytes: u64, max_side: u32, max_bytes: u64 },
     /// A weight file could not be loaded, or its tensors do not fit the network.
     #[error("failed to load weights from {path}")]
     Weights {

@@ -8,10 +8,12 @@
 //! exactly the tensor `T.Compose([Resize(256), CenterCrop(224), ToTensor(), Normalize(..)])`
 //! gives in PyTorch. JPEG decoders differ slightly (zune-jpeg here, libjpeg-turbo in Pillow).
 
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use candle::{Device, Tensor};
-use image::{ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -236,17 +238,128 @@ impl std::str::FromStr for View {
     }
 }
 
-/// Reads and decodes a JPEG or PNG file (format guessed from its bytes) and converts it to
-/// 8-bit RGB (gray is replicated, alpha dropped, as Pillow's `convert("RGB")` does).
+/// Reads and decodes an image file and converts it to 8-bit RGB (gray is replicated, alpha
+/// dropped, as Pillow's `convert("RGB")` does), turned upright as its EXIF orientation says.
+///
+/// The format is recognised from the file's bytes, never its name: JPEG, PNG, WebP, GIF (the
+/// first frame), BMP or TIFF. Every failure is an error naming the file: it cannot be read
+/// ([`Error::Read`]); it is empty, of another format, corrupt, or a JPEG cut short before its
+/// end-of-image marker ([`Error::Decode`]; the JPEG decoder would otherwise fill the missing
+/// part with grey and return a partial picture); it declares more than 20,000 pixels a side or
+/// more than 512 MiB of decoded pixels ([`Error::TooLarge`], checked before anything is
+/// allocated).
 pub fn open_rgb(path: &Path) -> Result<RgbImage> {
     let read = |source| Error::Read { path: path.to_owned(), source };
-    let img = ImageReader::open(path)
-        .map_err(read)?
-        .with_guessed_format()
-        .map_err(read)?
-        .decode()
-        .map_err(|source| Error::Decode { path: path.to_owned(), source })?;
+    let decode = |source| Error::Decode { path: path.to_owned(), source };
+    let file = File::open(path).map_err(read)?;
+    let len = file.metadata().map_err(read)?.len();
+    if len == 0 {
+        return Err(decode(ImageError::IoError(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is empty"))));
+    }
+    let reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(read)?;
+    let img = if reader.format() == Some(ImageFormat::Jpeg) {
+        // The JPEG decoder reads the whole file into memory anyway; read it here once to check
+        // that it is complete.
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        reader.into_inner().read_to_end(&mut bytes).map_err(read)?;
+        if jpeg_is_truncated(&bytes) {
+            return Err(decode(ImageError::IoError(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the JPEG ends before its end-of-image marker (truncated file)",
+            ))));
+        }
+        decode_upright(ImageReader::with_format(Cursor::new(bytes), ImageFormat::Jpeg), path)?
+    } else {
+        decode_upright(reader, path)?
+    };
     Ok(img.to_rgb8())
+}
+
+/// Largest width or height [`open_rgb`] decodes: more than any camera takes (a 200-megapixel
+/// sensor is about 16,000 x 12,000).
+const MAX_IMAGE_SIDE: u32 = 20_000;
+
+/// Most bytes of decoded pixels [`open_rgb`] lets a decoder allocate (512 MiB, the image
+/// crate's default allocation limit).
+const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Decodes with [`MAX_IMAGE_SIDE`] and [`MAX_DECODED_BYTES`] checked on the declared size
+/// before the pixels are allocated, then applies the EXIF orientation.
+fn decode_upright<R: BufRead + Seek>(mut reader: ImageReader<R>, path: &Path) -> Result<DynamicImage> {
+    let decode = |source| Error::Decode { path: path.to_owned(), source };
+    let mut limits = Limits::default();
+    // Bounds what decoders allocate while reading headers (PNG text and ICC chunks, TIFF tags);
+    // the size limits come after the check below, which reports the declared size.
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(decode)?;
+    let (width, height) = decoder.dimensions();
+    let bytes = decoder.total_bytes();
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || bytes > MAX_DECODED_BYTES {
+        return Err(Error::TooLarge {
+            path: path.to_owned(),
+            width,
+            height,
+            bytes,
+            max_side: MAX_IMAGE_SIDE,
+            max_bytes: MAX_DECODED_BYTES,
+        });
+    }
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    decoder.set_limits(limits).map_err(decode)?;
+    let orientation = decoder.orientation().map_err(decode)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Whether a JPEG stream (starting with its start-of-image marker) runs out before its
+/// end-of-image marker `FF D9`. The walk skips each segment by its length, so an `FF D9` inside
+/// an EXIF thumbnail or a comment does not count, and scans the entropy-coded data after each
+/// start-of-scan for the next marker. Bytes after the end-of-image marker (padding, the video a
+/// phone's motion photo appends) are allowed. A stream that does not start like a JPEG, or whose
+/// segments are malformed, is left to the decoder to judge (`false`).
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            // Stray bytes between segments: decoders skip them to the next marker.
+            i += 1;
+            continue;
+        }
+        match bytes[i + 1] {
+            0xD9 => return false,
+            // A fill byte before a marker.
+            0xFF => i += 1,
+            // Markers without a length: TEM, restart markers, and a stuffed zero out of place.
+            0x00 | 0x01 | 0xD0..=0xD7 => i += 2,
+            marker => {
+                let Some(&[hi, lo]) = bytes.get(i + 2..i + 4) else {
+                    return true;
+                };
+                let length = usize::from(u16::from_be_bytes([hi, lo]));
+                if length < 2 {
+                    return false;
+                }
+                i += 2 + length;
+                if marker == 0xDA {
+                    // Entropy-coded data up to the next marker (not a stuffed zero, a restart
+                    // marker or a fill byte).
+                    while i + 1 < bytes.len() {
+                        if bytes[i] == 0xFF && !matches!(bytes[i + 1], 0x00 | 0xD0..=0xD7 | 0xFF) {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Resizes so that the shorter side is `size`, like torchvision's `Resize(size)` on a PIL
@@ -534,5 +647,242 @@ mod tests {
         let mut cfg = PreprocessConfig::imagenet();
         cfg.std[1] = 0.0;
         assert!(cfg.validate().is_err());
+    }
+
+    // ---- open_rgb: formats, orientation, truncation, bad files, decompression bombs ----
+
+    use image::{codecs, ExtendedColorType, ImageEncoder};
+
+    /// Writes `bytes` to `dir/name` and returns the path.
+    fn file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// A `w x h` image with a different colour at every pixel.
+    fn distinct(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(40 * x) as u8, (100 * y) as u8, 200]))
+    }
+
+    /// A minimal EXIF block (a TIFF header and one IFD) holding only the orientation tag, as an
+    /// encoder puts it after `Exif\0\0` in a JPEG's APP1 segment or in a PNG's eXIf chunk.
+    fn exif_orientation(orientation: u16) -> Vec<u8> {
+        let mut b = b"II*\0".to_vec(); // little-endian TIFF header
+        b.extend(8u32.to_le_bytes()); // the IFD starts right after it
+        b.extend(1u16.to_le_bytes()); // one entry:
+        b.extend(0x0112u16.to_le_bytes()); //   tag Orientation
+        b.extend(3u16.to_le_bytes()); //   type SHORT
+        b.extend(1u32.to_le_bytes()); //   one value
+        b.extend([orientation.to_le_bytes(), [0, 0]].concat()); //   the value, padded to 4 bytes
+        b.extend(0u32.to_le_bytes()); // no next IFD
+        b
+    }
+
+    fn png(img: &RgbImage, exif: Option<Vec<u8>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = codecs::png::PngEncoder::new(&mut out);
+        if let Some(exif) = exif {
+            enc.set_exif_metadata(exif).unwrap();
+        }
+        enc.write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8).unwrap();
+        out
+    }
+
+    fn jpeg(img: &RgbImage, exif: Option<Vec<u8>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+        if let Some(exif) = exif {
+            enc.set_exif_metadata(exif).unwrap();
+        }
+        enc.write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8).unwrap();
+        out
+    }
+
+    /// `open_rgb` on a PNG of `img` tagged with `orientation` gives exactly `want`.
+    #[track_caller]
+    fn check_orientation(orientation: u16, img: &RgbImage, want: &RgbImage) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), "tagged.png", &png(img, Some(exif_orientation(orientation))));
+        let got = open_rgb(&path).unwrap();
+        assert_eq!(got.dimensions(), want.dimensions(), "orientation {orientation}");
+        assert_eq!(got.as_raw(), want.as_raw(), "orientation {orientation}");
+    }
+
+    #[test]
+    fn exif_orientation_turns_the_picture_upright() {
+        let img = distinct(4, 2);
+        let (w, h) = img.dimensions();
+        // 6: the camera was turned a quarter clockwise; the picture is rotated 90 degrees
+        // clockwise: 4x2 becomes 2x4, the top-left pixel goes to the top-right corner.
+        let want = RgbImage::from_fn(h, w, |x, y| *img.get_pixel(y, h - 1 - x));
+        assert_eq!(want.get_pixel(1, 0), img.get_pixel(0, 0));
+        assert_eq!(want.get_pixel(1, 3), img.get_pixel(3, 0));
+        check_orientation(6, &img, &want);
+        // 3: rotated 180 degrees; 8: 90 degrees anticlockwise; 2: mirrored; 1: as stored.
+        check_orientation(3, &img, &RgbImage::from_fn(w, h, |x, y| *img.get_pixel(w - 1 - x, h - 1 - y)));
+        check_orientation(8, &img, &RgbImage::from_fn(h, w, |x, y| *img.get_pixel(w - 1 - y, x)));
+        check_orientation(2, &img, &RgbImage::from_fn(w, h, |x, y| *img.get_pixel(w - 1 - x, y)));
+        check_orientation(1, &img, &img);
+
+        // The same in a JPEG (EXIF in its APP1 segment): left half red, right half blue, in
+        // 8-pixel blocks so that compression keeps the colours; rotated, red is on top.
+        let img = RgbImage::from_fn(32, 16, |x, _| image::Rgb(if x < 16 { [255, 0, 0] } else { [0, 0, 255] }));
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), "tagged.jpg", &jpeg(&img, Some(exif_orientation(6))));
+        let got = open_rgb(&path).unwrap();
+        assert_eq!(got.dimensions(), (16, 32));
+        let near = |p: &image::Rgb<u8>, want: [u8; 3]| p.0.iter().zip(want).all(|(a, b)| a.abs_diff(b) < 40);
+        assert!(near(got.get_pixel(8, 4), [255, 0, 0]), "{:?}", got.get_pixel(8, 4));
+        assert!(near(got.get_pixel(8, 28), [0, 0, 255]), "{:?}", got.get_pixel(8, 28));
+        // Untagged, it stays as stored.
+        let path = file(dir.path(), "plain.jpg", &jpeg(&img, None));
+        assert_eq!(open_rgb(&path).unwrap().dimensions(), (32, 16));
+    }
+
+    #[test]
+    fn every_enabled_format_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = distinct(5, 3);
+        for (name, format) in [
+            ("a.png", ImageFormat::Png),
+            ("a.webp", ImageFormat::WebP),
+            ("a.gif", ImageFormat::Gif),
+            ("a.bmp", ImageFormat::Bmp),
+            ("a.tiff", ImageFormat::Tiff),
+        ] {
+            let mut bytes = Cursor::new(Vec::new());
+            DynamicImage::ImageRgb8(img.clone()).write_to(&mut bytes, format).unwrap();
+            let path = file(dir.path(), name, bytes.get_ref());
+            // Lossless (the GIF palette holds all 15 colours): exactly the pixels written.
+            assert_eq!(open_rgb(&path).unwrap(), img, "{name}");
+        }
+        // The format comes from the bytes, not the name.
+        let path = file(dir.path(), "really-a-png.jpg", &png(&img, None));
+        assert_eq!(open_rgb(&path).unwrap(), img);
+        // An animated GIF gives its first frame.
+        let mut gif = Vec::new();
+        let frames = [image::Rgba([255, 0, 0, 255]), image::Rgba([0, 255, 0, 255])]
+            .map(|px| image::Frame::new(image::RgbaImage::from_pixel(4, 4, px)));
+        codecs::gif::GifEncoder::new(&mut gif).encode_frames(frames).unwrap();
+        let path = file(dir.path(), "animated.gif", &gif);
+        assert_eq!(open_rgb(&path).unwrap(), RgbImage::from_pixel(4, 4, image::Rgb([255, 0, 0])));
+    }
+
+    /// A JPEG with detail (so its scan is long) and a comment segment holding an end-of-image
+    /// marker, as an EXIF thumbnail does: a check that looked for `FF D9` anywhere would pass a
+    /// truncated file.
+    fn detailed_jpeg() -> Vec<u8> {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x * y) % 256) as u8]));
+        let encoded = jpeg(&img, None);
+        // COM segment: FF FE, length 6 (itself and 4 bytes), then the payload.
+        let comment = [0xFF, 0xFE, 0x00, 0x06, 0xFF, 0xD9, 0xFF, 0xD9];
+        [&encoded[..2], &comment[..], &encoded[2..]].concat()
+    }
+
+    #[test]
+    fn truncated_jpegs_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = detailed_jpeg();
+        assert_eq!(full[full.len() - 2..], [0xFF, 0xD9]);
+        assert_eq!(open_rgb(&file(dir.path(), "full.jpg", &full)).unwrap().dimensions(), (64, 48));
+        for (name, keep) in
+            [("no-eoi.jpg", full.len() - 2), ("cut-90.jpg", full.len() * 9 / 10), ("cut-half.jpg", full.len() / 2)]
+        {
+            let path = file(dir.path(), name, &full[..keep]);
+            let err = open_rgb(&path).unwrap_err();
+            assert!(matches!(err, Error::Decode { .. }), "{name}: {err:?}");
+            let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(msg.contains(name) && msg.contains("truncated"), "{msg}");
+        }
+        // Bytes after the end-of-image marker are not a truncation: padding, or the video of
+        // a phone's motion photo.
+        for (name, tail) in
+            [("zeros.jpg", &[0u8; 16][..]), ("spaces.jpg", b" \r\n\t"), ("video.jpg", b"\0\0\0\x18ftypmp42")]
+        {
+            let path = file(dir.path(), name, &[&full[..], tail].concat());
+            assert_eq!(open_rgb(&path).unwrap().dimensions(), (64, 48), "{name}");
+        }
+    }
+
+    #[test]
+    fn jpeg_structure_walk() {
+        let full = detailed_jpeg();
+        assert!(!jpeg_is_truncated(&full));
+        assert!(jpeg_is_truncated(&full[..full.len() - 1]));
+        // Cut inside the comment, just after its embedded FF D9.
+        assert!(jpeg_is_truncated(&full[..8]));
+        // Not a JPEG, or malformed: left to the decoder.
+        assert!(!jpeg_is_truncated(b"GIF89a"));
+        assert!(!jpeg_is_truncated(&[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x01]));
+        // Stuffed zeros, restart markers and fill bytes in the scan are not its end.
+        let scan = [0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xFF, 0xD9];
+        assert!(!jpeg_is_truncated(&scan));
+        assert!(jpeg_is_truncated(&scan[..12]));
+    }
+
+    #[test]
+    fn empty_and_non_image_files_are_errors_naming_the_file_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes, reason) in [
+            ("empty.jpg", &b""[..], "empty"),
+            ("notes.png", b"this is not an image", "format could not be determined"),
+            ("half-a-header.webp", b"RIFF", "format could not be determined"),
+        ] {
+            let err = open_rgb(&file(dir.path(), name, bytes)).unwrap_err();
+            assert!(matches!(err, Error::Decode { .. }), "{name}: {err:?}");
+            let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(msg.contains(name) && msg.contains(reason), "{msg}");
+        }
+        // A corrupt PNG: right signature, broken header.
+        let mut bad = png(&distinct(4, 2), None);
+        bad[20] ^= 0xFF;
+        let err = open_rgb(&file(dir.path(), "corrupt.png", &bad)).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("corrupt.png"), "{err:?}");
+        // A folder named like an image, and a missing file: read errors.
+        std::fs::create_dir(dir.path().join("folder.jpg")).unwrap();
+        for name in ["folder.jpg", "missing.jpg"] {
+            let err = open_rgb(&dir.path().join(name)).unwrap_err();
+            assert!(matches!(err, Error::Read { .. }) && err.to_string().contains(name), "{err:?}");
+        }
+    }
+
+    /// Bitwise CRC-32 (IEEE, as PNG chunks use it).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG that only declares its size: signature, IHDR (8-bit, colour type 2 = RGB), a
+    /// token IDAT and IEND, each chunk with its CRC.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let chunk = |kind: &[u8; 4], data: &[u8]| {
+            let body = [&kind[..], data].concat();
+            [&(data.len() as u32).to_be_bytes()[..], &body, &crc32(&body).to_be_bytes()].concat()
+        };
+        let ihdr = [&width.to_be_bytes()[..], &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+        [&b"\x89PNG\r\n\x1a\n"[..], &chunk(b"IHDR", &ihdr), &chunk(b"IDAT", &[0x78, 0x9C]), &chunk(b"IEND", &[])]
+            .concat()
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_before_decoding() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        let dir = tempfile::tempdir().unwrap();
+        for (name, w, h) in [("bomb.png", 100_000, 100_000), ("wide.png", 20_001, 1), ("big.png", 15_000, 15_000)] {
+            let err = open_rgb(&file(dir.path(), name, &png_header(w, h))).unwrap_err();
+            assert!(matches!(err, Error::TooLarge { width, height, .. } if (width, height) == (w, h)), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(name) && msg.contains(&format!("{w}x{h}")) && msg.contains("too large"), "{msg}");
+        }
+        // Within the limits, the same header is an ordinary decoding error (no pixel data).
+        let err = open_rgb(&file(dir.path(), "small.png", &png_header(64, 64))).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
     }
 }

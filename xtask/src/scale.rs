@@ -13,9 +13,12 @@ use imsearch_data::Dataset;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use imsearch_web::check::KindReport;
+
 use crate::{
     engine, paths,
     search::{self, Setup},
+    throughput::{peak_rss_kib, status_kib},
 };
 
 #[derive(clap::Args, Debug)]
@@ -101,12 +104,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     );
 
     let setup = Setup { images: Some(library.clone()), ..args.setup.clone() };
-    let rss_before = rss_kib("VmRSS:").unwrap_or(0);
+    let rss_before = status_kib("VmRSS:").unwrap_or(0);
     let start = Instant::now();
     let searcher = search::open(&setup, false)?;
     let cold = start.elapsed().as_secs_f64();
-    let rss_after = rss_kib("VmRSS:").unwrap_or(0);
-    let peak = rss_kib("VmHWM:").unwrap_or(0);
+    let rss_after = status_kib("VmRSS:").unwrap_or(0);
+    let peak = peak_rss_kib().unwrap_or(0);
     let summary = searcher.summary().clone();
     println!("cold open: {summary} in {cold:.1} s");
     drop(searcher);
@@ -132,7 +135,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         searcher.rank(q, 10)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    let (query_p50, query_p99) = (percentile(&mut times, 0.5), percentile(&mut times, 0.99));
+    let query = KindReport::of(times);
     drop(searcher);
 
     // Exact top-k over synthetic rows in the engine's layout.
@@ -153,8 +156,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         let scores = engine.scorer().matrix(&prepared, &q)?.remove(0);
         let top = imsearch_index::top_k(&scores, 10);
         times.push(start.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(top.len(), 10.min(args.vectors));
+        if top.len() != 10.min(args.vectors) {
+            bail!("top-10 over {} rows returned {} rows", args.vectors, top.len());
+        }
     }
+    let topk = KindReport::of(times);
 
     let f = Figures {
         cpu: cpu_name(),
@@ -169,12 +175,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         cache_mb_per_image: cache_bytes as f64 / 1e6 / summary.indexed.max(1) as f64,
         resident_kb_per_image: rss_after.saturating_sub(rss_before) as f64 / summary.indexed.max(1) as f64,
         peak_rss_mb_after_index: peak as f64 / 1024.0,
-        query_p50_ms: query_p50,
-        query_p99_ms: query_p99,
+        query_p50_ms: query.p50_ms,
+        query_p99_ms: query.p99_ms,
         vectors: args.vectors,
         topk_prepare_s: prepare_s,
-        topk_p50_ms: percentile(&mut times, 0.5),
-        topk_p99_ms: percentile(&mut times, 0.99),
+        topk_p50_ms: topk.p50_ms,
+        topk_p99_ms: topk.p99_ms,
     };
     println!("\n{}", serde_json::to_string_pretty(&f)?);
     if let Some(path) = &args.json {
@@ -182,15 +188,6 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// The `p` quantile (nearest rank) of `v`.
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 /// The CPU's model name and whether it has AVX-512 (the machines here differ).
@@ -201,25 +198,4 @@ fn cpu_name() -> String {
     };
     let avx512 = field("flags").split_whitespace().any(|f| f == "avx512f");
     format!("{} ({})", field("model name"), if avx512 { "avx512f" } else { "no avx512f" })
-}
-
-/// A `/proc/self/status` field in KiB (`VmRSS:`, `VmHWM:`).
-fn rss_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(percentile(&mut v, 0.5), 3.0);
-        assert_eq!(percentile(&mut v, 0.99), 5.0);
-        assert_eq!(percentile(&mut v, 0.0), 1.0);
-        assert!(percentile(&mut [], 0.5).is_nan());
-        assert!(rss_kib("VmRSS:").is_some_and(|k| k > 0));
-    }
 }

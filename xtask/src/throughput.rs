@@ -184,9 +184,15 @@ fn median(sorted: &[f64]) -> f64 {
 
 /// Peak resident set size of this process in KiB (`VmHWM` in `/proc/self/status`), where the
 /// kernel reports it.
-fn peak_rss_kib() -> Option<u64> {
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// A memory field of `/proc/self/status` in KiB (`VmHWM:` the peak, `VmRSS:` the current
+/// resident set), where the kernel reports it.
+pub(crate) fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

@@ -85,9 +85,8 @@ fn variant(img: &RgbImage, round: usize, path: &Path) -> Result<u64> {
         3 => imageops::rotate270(&resized),
         _ => resized,
     };
-    let write = |source| Error::Write { path: path.to_owned(), source };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(write)?;
+        std::fs::create_dir_all(parent).map_err(|source| Error::Write { path: path.to_owned(), source })?;
     }
     let mut bytes = Vec::new();
     let is_png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
@@ -97,7 +96,9 @@ fn variant(img: &RgbImage, round: usize, path: &Path) -> Result<u64> {
         JpegEncoder::new_with_quality(&mut bytes, QUALITIES[round % QUALITIES.len()]).encode_image(&out)
     };
     encoded.map_err(|e| Error::Invalid(format!("failed to encode {}: {e}", path.display())))?;
-    std::fs::write(path, &bytes).map_err(write)?;
+    // Atomic: a run killed part-way leaves no half-written photo for the next run to keep.
+    imsearch_fsio::write_bytes_atomic(path, &bytes)
+        .map_err(|e| Error::Invalid(format!("failed to write {}: {e}", path.display())))?;
     Ok(bytes.len() as u64)
 }
 

@@ -222,6 +222,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     }
     println!("index: {summary}");
     println!(
+        "prepared for the engine: {} of {} images read back from the folder's saved preparation",
+        searcher.reused_preparations(),
+        searcher.len()
+    );
+    println!(
         "query: {query:?}, ranked by the engine ({}) in {:.0} ms\n",
         searcher.engine().name(),
         elapsed.as_secs_f64() * 1e3

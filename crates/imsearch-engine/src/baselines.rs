@@ -108,8 +108,8 @@ impl Scorer for Regressor {
         Ok(Prepared::plain(images))
     }
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let d_img = images.images().dims2()?.1;
-        let a = self.side(images.images(), 0, &self.w_image)?;
+        let d_img = images.images()?.dims2()?.1;
+        let a = self.side(images.images()?, 0, &self.w_image)?;
         let b = self.side(texts, d_img, &self.w_text)?;
         Ok(b.iter().map(|t| a.iter().map(|i| (i + t + self.bias).clamp(0.0, 1.0)).collect()).collect())
     }

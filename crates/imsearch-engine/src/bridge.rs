@@ -118,17 +118,17 @@ impl Bridge {
 
 impl Scorer for Bridge {
     fn prepare(&self, images: &Tensor) -> Result<Prepared> {
-        Ok(Prepared::new(images, State::Projected(self.text_space(images)?)))
+        Ok(Prepared::new(images, State::Projected(crate::scorer::stored(&self.text_space(images)?)?)))
     }
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let v = match &images.state {
             State::Projected(v) => v.clone(),
-            _ => self.text_space(images.images())?,
+            _ => crate::scorer::stored(&self.text_space(images.images()?)?)?,
         };
-        Ok(((texts.matmul(&v.t()?)? + 1.0)? / 2.0)?.to_vec2()?)
+        crate::scorer::dots(texts, &v, |cos| (cos + 1.0) / 2.0, |cos| (cos + 1.0)? / 2.0)
     }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
-        let v = self.text_space(images)?;
+        let v = crate::scorer::as_stored(&self.text_space(images)?)?;
         Ok((((texts * v)?.sum(1)? + 1.0)? / 2.0)?.to_vec1()?)
     }
 }

@@ -164,6 +164,8 @@ pub struct Engine {
     bridge: Bridge,
     bank: Tensor,
     scorer: Arc<dyn Scorer>,
+    /// sha256 of the files it was loaded from; `None` for an engine assembled in memory.
+    fingerprint: Option<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -228,7 +230,14 @@ impl Engine {
             (Arc::new(BankNormalised::new(neighbours_scorer, bank.clone())), w[1]),
             (Arc::new(BankNormalised::new(bridge_scorer, bank.clone())), w[2]),
         ]));
-        Ok(Engine { spec, members, neighbours, bridge, bank, scorer })
+        Ok(Engine { spec, members, neighbours, bridge, bank, scorer, fingerprint: None })
+    }
+
+    /// sha256 over the files it was loaded from (spec, tensors, every member's checkpoint):
+    /// two engines with the same fingerprint score alike, so work done for one (a folder's
+    /// prepared rows) serves the other. `None` for an engine assembled in memory.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 
     /// The ensemble as a scorer (`Send + Sync`).
@@ -364,7 +373,20 @@ impl Engine {
             let model = FusionModel::load(&checkpoint, &ids.join("+"), text_encoder, &Device::Cpu)?;
             members.push((model, checkpoint));
         }
-        Engine::assemble(spec, members, neighbours, bridge, bank)
+        let mut files = vec![dir.join(SPEC_FILE), tensors_path.clone()];
+        for (_, checkpoint) in &members {
+            files.extend(["fusion.json", "fusion.safetensors"].map(|f| checkpoint.join(f)));
+        }
+        let hashes = files
+            .iter()
+            .map(|f| {
+                imsearch_index::Item::file("", f)
+                    .content_hash()
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", f.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fingerprint = imsearch_index::Item::text("", hashes.join("\n")).content_hash().ok();
+        Ok(Engine { fingerprint, ..Engine::assemble(spec, members, neighbours, bridge, bank)? })
     }
 }
 

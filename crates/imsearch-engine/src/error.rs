@@ -12,6 +12,8 @@ pub enum Error {
     Index(#[from] imsearch_index::Error),
     #[error(transparent)]
     Text(#[from] imsearch_text::Error),
+    #[error(transparent)]
+    File(#[from] imsearch_fsio::Error),
     #[error("failed to read {path}")]
     Read {
         path: PathBuf,

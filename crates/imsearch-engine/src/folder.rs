@@ -70,6 +70,8 @@ pub struct Skipped {
 pub struct FolderIndex {
     /// Relative paths (with `/`) of the images with every encoder's features, sorted.
     pub keys: Vec<String>,
+    /// The sha256 (hex) of each image's file, in the keys' order.
+    pub hashes: Vec<String>,
     /// Row-major `(keys.len(), dim)`.
     pub features: Vec<f32>,
     pub dim: usize,
@@ -174,11 +176,15 @@ impl FolderIndex {
         let dim: usize = caches.iter().map(EmbeddingCache::dim).sum();
         let parts = caches.iter().map(|c| ImagePart { id: c.model().to_owned(), dim: c.dim() }).collect();
         let mut keys = Vec::new();
+        let mut hashes = Vec::new();
         let mut features = Vec::new();
         for (key, _) in &files {
             let Some(found) = rows.iter().map(|r| r.get(key.as_str()).copied()).collect::<Option<Vec<usize>>>() else {
                 continue;
             };
+            if let (Some(cache), Some(&row)) = (caches.first(), found.first()) {
+                hashes.push(cache.hashes()[row].clone());
+            }
             for (cache, row) in caches.iter().zip(found) {
                 features.extend_from_slice(cache.row(row));
             }
@@ -195,7 +201,7 @@ impl FolderIndex {
             ignored_files: ignored,
             rebuilt,
         };
-        Ok(FolderIndex { keys, features, dim, parts, summary })
+        Ok(FolderIndex { keys, hashes, features, dim, parts, summary })
     }
 
     /// Row `i`'s features of the parts `ids` side by side, in the index's order.

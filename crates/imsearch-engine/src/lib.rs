@@ -50,5 +50,8 @@ pub use folder::{
 };
 pub use library::{library_path, make_library, LibrarySummary};
 pub use neighbours::{Neighbourhood, Neighbours};
-pub use scorer::{combine, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer, BANK_Z_RANGE};
+pub use scorer::{
+    combine, prepare_for_search, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer, BANK_Z_RANGE,
+    PREPARE_BLOCK,
+};
 pub use searcher::{ImagePolicySource, Ranked, Searcher};

@@ -15,8 +15,76 @@ use crate::{
     Error, Result,
 };
 
-/// Per image, its nearest gallery images and their weights.
-pub(crate) type Votes = Vec<Vec<(usize, f32)>>;
+/// Per image, its nearest gallery images and their weights, `per_image` of each, flat (8
+/// bytes a neighbour; 160 bytes an image for the default 20 neighbours).
+#[derive(Debug, Clone)]
+pub(crate) struct Votes {
+    per_image: usize,
+    rows: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl Votes {
+    fn len(&self) -> usize {
+        self.rows.len().checked_div(self.per_image).unwrap_or(0)
+    }
+
+    /// The votes of consecutive blocks of images, in order; `None` when their neighbourhoods
+    /// differ in size.
+    pub(crate) fn concat(blocks: &[&Votes]) -> Option<Votes> {
+        let per_image = blocks.first()?.per_image;
+        let mut out = Votes { per_image, rows: Vec::new(), weights: Vec::new() };
+        for b in blocks {
+            if b.per_image != per_image {
+                return None;
+            }
+            out.rows.extend_from_slice(&b.rows);
+            out.weights.extend_from_slice(&b.weights);
+        }
+        Some(out)
+    }
+
+    /// The votes of images `images` alone, in that order.
+    pub(crate) fn select(&self, images: &[usize]) -> Votes {
+        let n = self.per_image;
+        let mut out = Votes { per_image: n, rows: Vec::with_capacity(images.len() * n), weights: Vec::new() };
+        for &i in images {
+            out.rows.extend_from_slice(&self.rows[i * n..(i + 1) * n]);
+            out.weights.extend_from_slice(&self.weights[i * n..(i + 1) * n]);
+        }
+        out
+    }
+
+    pub(crate) fn to_tensors(&self, prefix: &str, out: &mut HashMap<String, Tensor>) -> Result<()> {
+        let n = self.per_image;
+        let images = self.len();
+        out.insert(format!("{prefix}.neighbours"), Tensor::from_slice(&self.rows, (images, n), &Device::Cpu)?);
+        out.insert(format!("{prefix}.weights"), Tensor::from_slice(&self.weights, (images, n), &Device::Cpu)?);
+        Ok(())
+    }
+
+    /// The inverse of [`Votes::to_tensors`] for `images` images.
+    pub(crate) fn from_tensors(t: &HashMap<String, Tensor>, prefix: &str, images: usize) -> Option<Votes> {
+        let rows = t.get(&format!("{prefix}.neighbours"))?;
+        let weights = t.get(&format!("{prefix}.weights"))?;
+        let (n_images, per_image) = rows.dims2().ok()?;
+        if n_images != images || weights.dims2().ok()? != (images, per_image) || per_image == 0 {
+            return None;
+        }
+        Some(Votes {
+            per_image,
+            rows: rows.to_dtype(DType::U32).ok()?.flatten_all().ok()?.to_vec1().ok()?,
+            weights: weights.to_dtype(DType::F32).ok()?.flatten_all().ok()?.to_vec1().ok()?,
+        })
+    }
+
+    /// Image `i`'s vote on `matches`, mapped from -1..1 into 0..1.
+    fn vote(&self, i: usize, matches: &[f32]) -> f32 {
+        let at = i * self.per_image..(i + 1) * self.per_image;
+        let sum: f32 = self.rows[at.clone()].iter().zip(&self.weights[at]).map(|(&g, w)| w * matches[g as usize]).sum();
+        (sum + 1.0) / 2.0
+    }
+}
 
 /// How many gallery images vote for an image, and the temperature of their softmax weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -87,16 +155,21 @@ impl Neighbours {
     /// For each image row, its `k` nearest gallery images and their softmax weights.
     fn votes(&self, images: &Tensor) -> Result<Votes> {
         let sims = normalise(images, &self.mean, &self.inv_std)?.matmul(&self.gallery.t()?)?.to_vec2::<f32>()?;
-        Ok(sims
-            .iter()
-            .map(|row| {
-                let hits = imsearch_index::top_k(row, self.hood.k);
-                let max = hits.first().map_or(0.0, |h| h.score);
-                let w: Vec<f32> = hits.iter().map(|h| ((h.score - max) / self.hood.temperature).exp()).collect();
-                let total: f32 = w.iter().sum();
-                hits.iter().zip(w).map(|(h, w)| (h.row, w / total)).collect()
-            })
-            .collect())
+        let per_image = self.hood.k.min(self.len());
+        let mut votes = Votes {
+            per_image,
+            rows: Vec::with_capacity(sims.len() * per_image),
+            weights: Vec::with_capacity(sims.len() * per_image),
+        };
+        for row in &sims {
+            let hits = imsearch_index::top_k(row, self.hood.k);
+            let max = hits.first().map_or(0.0, |h| h.score);
+            let w: Vec<f32> = hits.iter().map(|h| ((h.score - max) / self.hood.temperature).exp()).collect();
+            let total: f32 = w.iter().sum();
+            votes.rows.extend(hits.iter().map(|h| h.row as u32));
+            votes.weights.extend(w.iter().map(|w| w / total));
+        }
+        Ok(votes)
     }
 
     /// For each text row, how well it matches each gallery image's best caption.
@@ -157,11 +230,6 @@ fn normalise(xs: &Tensor, mean: &Tensor, inv_std: &Tensor) -> Result<Tensor> {
     Ok(xs.broadcast_div(&xs.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?)
 }
 
-/// The vote of `votes` on `matches`, mapped from -1..1 into 0..1.
-fn vote(votes: &[(usize, f32)], matches: &[f32]) -> f32 {
-    (votes.iter().map(|&(g, w)| w * matches[g]).sum::<f32>() + 1.0) / 2.0
-}
-
 impl Scorer for Neighbours {
     fn prepare(&self, images: &Tensor) -> Result<Prepared> {
         Ok(Prepared::new(images, State::Votes(Arc::new(self.votes(images)?))))
@@ -169,13 +237,22 @@ impl Scorer for Neighbours {
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let votes = match &images.state {
             State::Votes(v) => v.clone(),
-            _ => Arc::new(self.votes(images.images())?),
+            _ => Arc::new(self.votes(images.images()?)?),
         };
-        Ok(self.matches(texts)?.iter().map(|m| votes.iter().map(|v| vote(v, m)).collect()).collect())
+        use rayon::prelude::*;
+        Ok(self
+            .matches(texts)?
+            .iter()
+            // Threads only for a large collection (a search); an evaluation's rows are short.
+            .map(|m| match votes.len() > crate::scorer::PAR_CHUNK {
+                true => (0..votes.len()).into_par_iter().map(|i| votes.vote(i, m)).collect(),
+                false => (0..votes.len()).map(|i| votes.vote(i, m)).collect(),
+            })
+            .collect())
     }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
         let votes = self.votes(images)?;
-        Ok(self.matches(texts)?.iter().zip(&votes).map(|(m, v)| vote(v, m)).collect())
+        Ok(self.matches(texts)?.iter().enumerate().map(|(i, m)| votes.vote(i, m)).collect())
     }
 }
 

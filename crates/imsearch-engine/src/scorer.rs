@@ -1,10 +1,11 @@
 //! The scorer interface and the scorers that wrap others: a fusion model, one encoder's
 //! columns, query-bank normalisation and the z-scored ensemble.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use candle::Tensor;
 use imsearch_fusion::FusionModel;
+use rayon::prelude::*;
 
 use crate::{neighbours::Votes, Result};
 
@@ -22,10 +23,12 @@ pub trait Scorer: Send + Sync {
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>>;
 }
 
-/// A collection of images after a scorer's [`Scorer::prepare`].
+/// A collection of images after a scorer's [`Scorer::prepare`]: the scorer's own state per
+/// image and, until [`Prepared::without_features`] drops them, the features it was made from.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    images: Tensor,
+    images: Option<Tensor>,
+    len: usize,
     pub(crate) state: State,
 }
 
@@ -33,7 +36,8 @@ pub struct Prepared {
 pub(crate) enum State {
     /// Nothing beyond the features.
     Plain,
-    /// The images in the scorer's own space (a fusion model's projections, the bridge's text space).
+    /// The images in the scorer's own space (a fusion model's projections, the bridge's text
+    /// space), stored as f16 ([`stored`]).
     Projected(Tensor),
     /// Each image's neighbours and their weights.
     Votes(Arc<Votes>),
@@ -46,26 +50,288 @@ pub(crate) enum State {
 impl Prepared {
     /// Features with no work done on them.
     pub fn plain(images: &Tensor) -> Self {
-        Prepared { images: images.clone(), state: State::Plain }
+        Prepared::new(images, State::Plain)
     }
 
     pub(crate) fn new(images: &Tensor, state: State) -> Self {
-        Prepared { images: images.clone(), state }
+        Prepared { images: Some(images.clone()), len: images.dims().first().copied().unwrap_or(0), state }
     }
 
-    /// The features this preparation was made from.
-    pub fn images(&self) -> &Tensor {
-        &self.images
+    /// The features this preparation was made from; an error once
+    /// [`Prepared::without_features`] dropped them.
+    pub fn images(&self) -> Result<&Tensor> {
+        self.images
+            .as_ref()
+            .ok_or_else(|| crate::Error::Invalid("this preparation kept no features: prepare the images again".into()))
+    }
+
+    /// The same preparation without the features it was made from, where its scorer's state
+    /// is all that scoring reads. For the default engine a search then keeps about 3 KB per
+    /// image (1,408 f16 values of the fusion members' and the bridge's spaces, 20 neighbours
+    /// and their weights, two bank statistics per bank-normalised scorer) instead of 18 KB with
+    /// the 3,840 f32 features. Features that are the state itself ([`Prepared::plain`]) are
+    /// kept.
+    pub fn without_features(self) -> Prepared {
+        let state = match self.state {
+            State::Plain => return self,
+            State::Bank { inner, mean, inv_std } => {
+                State::Bank { inner: Box::new(inner.without_features()), mean, inv_std }
+            }
+            State::Parts(parts) => State::Parts(parts.into_iter().map(|p| p.map(Prepared::without_features)).collect()),
+            other => other,
+        };
+        Prepared { images: None, len: self.len, state }
+    }
+
+    /// Preparations of consecutive blocks of rows joined into the preparation of all their
+    /// rows, in order (every scorer's state is per image). The features are kept only if every
+    /// block kept them.
+    pub fn concat(blocks: Vec<Prepared>) -> Result<Prepared> {
+        let invalid = |what: &str| crate::Error::Invalid(format!("preparations of different scorers joined: {what}"));
+        let len = blocks.iter().map(Prepared::len).sum();
+        let images = match blocks.iter().map(|b| b.images.as_ref()).collect::<Option<Vec<_>>>() {
+            Some(all) if !all.is_empty() => Some(Tensor::cat(&all, 0)?),
+            _ => None,
+        };
+        let Some(first) = blocks.first() else { return Err(invalid("no block")) };
+        let state = match &first.state {
+            State::Plain => State::Plain,
+            State::Projected(_) => {
+                let rows = blocks
+                    .iter()
+                    .map(|b| match &b.state {
+                        State::Projected(t) => Ok(t),
+                        _ => Err(invalid("projected rows")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                State::Projected(Tensor::cat(&rows, 0)?)
+            }
+            State::Votes(_) => {
+                let votes = blocks
+                    .iter()
+                    .map(|b| match &b.state {
+                        State::Votes(v) => Ok(v.as_ref()),
+                        _ => Err(invalid("neighbours")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                State::Votes(Arc::new(Votes::concat(&votes).ok_or_else(|| invalid("neighbourhoods"))?))
+            }
+            State::Bank { .. } => {
+                let (mut inner, mut mean, mut inv_std) = (Vec::new(), Vec::new(), Vec::new());
+                for b in blocks.iter() {
+                    let State::Bank { inner: i, mean: m, inv_std: s } = &b.state else { return Err(invalid("bank")) };
+                    inner.push(i.as_ref().clone());
+                    mean.extend_from_slice(m);
+                    inv_std.extend_from_slice(s);
+                }
+                State::Bank { inner: Box::new(Prepared::concat(inner)?), mean, inv_std }
+            }
+            State::Parts(first_parts) => {
+                let mut parts = Vec::with_capacity(first_parts.len());
+                for at in 0..first_parts.len() {
+                    let column = blocks
+                        .iter()
+                        .map(|b| match &b.state {
+                            State::Parts(p) if p.len() == first_parts.len() => Ok(p[at].clone()),
+                            _ => Err(invalid("ensemble parts")),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    parts.push(match column.iter().all(Option::is_some) {
+                        true => Some(Prepared::concat(column.into_iter().flatten().collect())?),
+                        false if column.iter().all(Option::is_none) => None,
+                        false => return Err(invalid("ensemble parts")),
+                    });
+                }
+                State::Parts(parts)
+            }
+        };
+        Ok(Prepared { images, len, state })
+    }
+
+    /// The preparation of rows `rows` alone, in that order (features dropped).
+    pub fn select(&self, rows: &[usize]) -> Result<Prepared> {
+        let index = crate::neighbours::index(rows)?;
+        let state = match &self.state {
+            State::Plain => State::Plain,
+            State::Projected(t) => State::Projected(t.index_select(&index, 0)?),
+            State::Votes(v) => State::Votes(Arc::new(v.select(rows))),
+            State::Bank { inner, mean, inv_std } => State::Bank {
+                inner: Box::new(inner.select(rows)?),
+                mean: rows.iter().map(|&r| mean[r]).collect(),
+                inv_std: rows.iter().map(|&r| inv_std[r]).collect(),
+            },
+            State::Parts(parts) => State::Parts(
+                parts.iter().map(|p| p.as_ref().map(|p| p.select(rows)).transpose()).collect::<Result<_>>()?,
+            ),
+        };
+        let images = match (&self.state, &self.images) {
+            (State::Plain, Some(images)) => Some(images.index_select(&index, 0)?),
+            _ => None,
+        };
+        Ok(Prepared { images, len: rows.len(), state })
+    }
+
+    /// Its state as named tensors under `prefix`, for [`Prepared::from_tensors`]; the features
+    /// are stored only where they are the state ([`Prepared::plain`]).
+    pub(crate) fn to_tensors(&self, prefix: &str, out: &mut HashMap<String, Tensor>) -> Result<()> {
+        let cpu = &candle::Device::Cpu;
+        let kind = |k: u8| Tensor::from_vec(vec![k], 1, cpu);
+        match &self.state {
+            State::Plain => {
+                out.insert(format!("{prefix}.kind"), kind(0)?);
+                out.insert(format!("{prefix}.features"), self.images()?.clone());
+            }
+            State::Projected(t) => {
+                out.insert(format!("{prefix}.kind"), kind(1)?);
+                out.insert(format!("{prefix}.rows"), t.clone());
+            }
+            State::Votes(v) => {
+                out.insert(format!("{prefix}.kind"), kind(2)?);
+                v.to_tensors(prefix, out)?;
+            }
+            State::Bank { inner, mean, inv_std } => {
+                out.insert(format!("{prefix}.kind"), kind(3)?);
+                out.insert(format!("{prefix}.mean"), Tensor::from_slice(mean, mean.len(), cpu)?);
+                out.insert(format!("{prefix}.inv_std"), Tensor::from_slice(inv_std, inv_std.len(), cpu)?);
+                inner.to_tensors(&format!("{prefix}.inner"), out)?;
+            }
+            State::Parts(parts) => {
+                out.insert(format!("{prefix}.kind"), kind(4)?);
+                let present: Vec<u8> = parts.iter().map(|p| u8::from(p.is_some())).collect();
+                out.insert(format!("{prefix}.present"), Tensor::from_vec(present, parts.len(), cpu)?);
+                for (i, p) in parts.iter().enumerate() {
+                    if let Some(p) = p {
+                        p.to_tensors(&format!("{prefix}.{i}"), out)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The inverse of [`Prepared::to_tensors`] for `len` rows; `None` when a tensor is missing
+    /// or of the wrong shape.
+    pub(crate) fn from_tensors(t: &HashMap<String, Tensor>, prefix: &str, len: usize) -> Option<Prepared> {
+        let get = |name: &str| t.get(&format!("{prefix}.{name}"));
+        let floats = |name: &str| -> Option<Vec<f32>> {
+            let v: Vec<f32> = get(name)?.to_dtype(candle::DType::F32).ok()?.to_vec1().ok()?;
+            (v.len() == len).then_some(v)
+        };
+        let kind: Vec<u8> = get("kind")?.to_vec1().ok()?;
+        let (images, state) = match kind.as_slice() {
+            [0] => (Some(get("features")?.clone()), State::Plain),
+            [1] => {
+                let rows = get("rows")?;
+                (rows.dims2().ok()?.0 == len && rows.dtype() == candle::DType::F16)
+                    .then_some((None, State::Projected(rows.clone())))?
+            }
+            [2] => (None, State::Votes(Arc::new(Votes::from_tensors(t, prefix, len)?))),
+            [3] => {
+                let inner = Prepared::from_tensors(t, &format!("{prefix}.inner"), len)?;
+                (None, State::Bank { inner: Box::new(inner), mean: floats("mean")?, inv_std: floats("inv_std")? })
+            }
+            [4] => {
+                let present: Vec<u8> = get("present")?.to_vec1().ok()?;
+                let parts = present
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| match p {
+                        0 => Some(None),
+                        _ => Prepared::from_tensors(t, &format!("{prefix}.{i}"), len).map(Some),
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                (None, State::Parts(parts))
+            }
+            _ => return None,
+        };
+        if let Some(images) = &images {
+            if images.dims2().ok()?.0 != len {
+                return None;
+            }
+        }
+        Some(Prepared { images, len, state })
     }
 
     /// Images prepared.
     pub fn len(&self) -> usize {
-        self.images.dims().first().copied().unwrap_or(0)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Rows per block of [`prepare_for_search`]: each block's temporaries stay a few MB.
+pub const PREPARE_BLOCK: usize = 2048;
+
+/// `scorer`'s preparation of `images` for a search: in blocks of [`PREPARE_BLOCK`] rows (the
+/// temporaries of one preparation of 100,000 rows run to GBs, and fresh pages cost as much as
+/// the arithmetic), each without its features ([`Prepared::without_features`]), joined.
+pub fn prepare_for_search(scorer: &dyn Scorer, images: &Tensor) -> Result<Prepared> {
+    let rows = images.dims2()?.0;
+    if rows <= PREPARE_BLOCK {
+        return Ok(scorer.prepare(images)?.without_features());
+    }
+    let blocks = (0..rows)
+        .step_by(PREPARE_BLOCK)
+        .map(|at| Ok(scorer.prepare(&images.narrow(0, at, PREPARE_BLOCK.min(rows - at))?)?.without_features()))
+        .collect::<Result<Vec<_>>>()?;
+    Prepared::concat(blocks)
+}
+
+/// Up to this many texts at once (a search), scorers take the dot products of texts and
+/// prepared images from imsearch-index's [`imsearch_index::dot_matrix`], which reads the
+/// images' rows once on every core; more (an evaluation, a query bank) go through candle's
+/// matrix product.
+pub(crate) const FEW_TEXTS: usize = 8;
+
+/// Image rows in a scorer's own space as they are kept: f16. A search reads every prepared
+/// image row for each query, so its time is the rows' memory traffic, and f16 halves it (and
+/// the memory a collection holds). The scorers read the same f16 values in an evaluation
+/// ([`Scorer::matrix`] with many texts, [`Scorer::pairs`]), so a search ranks exactly as the
+/// evaluation measured.
+pub(crate) fn stored(rows: &Tensor) -> Result<Tensor> {
+    Ok(rows.to_dtype(candle::DType::F16)?)
+}
+
+/// [`stored`] rows read back as f32 (exact).
+pub(crate) fn as_stored(rows: &Tensor) -> Result<Tensor> {
+    Ok(stored(rows)?.to_dtype(candle::DType::F32)?)
+}
+
+/// Every row of `texts` `(q, d)` dotted with every row of `images` `(m, d)` (f32 or f16), then
+/// `map`ped: `q` rows of `m`. `map` must be what `tensor_map` does to candle's product.
+pub(crate) fn dots(
+    texts: &Tensor,
+    images: &Tensor,
+    map: impl Fn(f32) -> f32 + Sync,
+    tensor_map: impl Fn(Tensor) -> candle::Result<Tensor>,
+) -> Result<Vec<Vec<f32>>> {
+    let (q, d) = texts.dims2()?;
+    let product = || -> Result<Vec<Vec<f32>>> {
+        Ok(tensor_map(texts.matmul(&images.to_dtype(candle::DType::F32)?.t()?)?)?.to_vec2()?)
+    };
+    if q > FEW_TEXTS {
+        return product();
+    }
+    let (_, image_d) = images.dims2()?;
+    if image_d != d {
+        return Err(crate::Error::Invalid(format!("texts of dimension {d} against images of dimension {image_d}")));
+    }
+    let queries: Vec<f32> = texts.flatten_all()?.to_vec1()?;
+    let images = images.contiguous()?;
+    let (storage, layout) = images.storage_and_layout();
+    let rows = match (&*storage, layout.contiguous_offsets()) {
+        (candle::Storage::Cpu(candle::CpuStorage::F32(rows)), Some((start, end))) => {
+            imsearch_index::dot_matrix_map(&rows[start..end], d, &queries, map)
+        }
+        (candle::Storage::Cpu(candle::CpuStorage::F16(rows)), Some((start, end))) => {
+            imsearch_index::dot_matrix_f16_map(&rows[start..end], d, &queries, map)
+        }
+        _ => return product(),
+    };
+    Ok(rows)
 }
 
 /// A fusion model as a scorer; `prepare` projects the images once.
@@ -82,18 +348,26 @@ impl Fusion {
 
 impl Scorer for Fusion {
     fn prepare(&self, images: &Tensor) -> Result<Prepared> {
-        Ok(Prepared::new(images, State::Projected(self.model.embed_images(images)?)))
+        Ok(Prepared::new(images, State::Projected(stored(&self.model.embed_images(images)?)?)))
     }
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let projected = match &images.state {
             State::Projected(p) => p.clone(),
-            _ => self.model.embed_images(images.images())?,
+            _ => stored(&self.model.embed_images(images.images()?)?)?,
         };
-        let logits = self.model.logit_matrix(&projected, &self.model.embed_texts(texts)?)?;
-        Ok(candle_nn::ops::sigmoid(&logits)?.to_vec2()?)
+        let texts = self.model.embed_texts(texts)?;
+        // The calibration then candle's sigmoid.
+        let (a, b) = self.model.calibration()?;
+        dots(
+            &texts,
+            &projected,
+            |cos| 1.0 / (1.0 + (-(cos * a + b)).exp()),
+            |cos| candle_nn::ops::sigmoid(&self.model.calibrate(&cos)?),
+        )
     }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
-        let z = self.model.pair_logits(&self.model.embed_images(images)?, &self.model.embed_texts(texts)?)?;
+        let z =
+            self.model.pair_logits(&as_stored(&self.model.embed_images(images)?)?, &self.model.embed_texts(texts)?)?;
         Ok(candle_nn::ops::sigmoid(&z)?.to_vec1()?)
     }
 }
@@ -162,7 +436,7 @@ impl Scorer for Ensemble {
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let prepared = match &images.state {
             State::Parts(p) if p.len() == self.parts.len() => p.clone(),
-            _ => match self.prepare(images.images())?.state {
+            _ => match self.prepare(images.images()?)?.state {
                 State::Parts(p) => p,
                 _ => unreachable!("an ensemble prepares parts"),
             },
@@ -181,10 +455,17 @@ impl Scorer for Ensemble {
         let total: f32 = weights.iter().sum();
         // Into 0..1 by a map that keeps ranks and does not saturate in f32 (a sigmoid of a sum of
         // z-scores rounds to 1.0 for the best images and turns them into ties).
-        Ok(combine(&mats, &weights)
-            .into_iter()
-            .map(|r| r.into_iter().map(|z| 0.5 + (z / total).atan() / std::f32::consts::PI).collect())
-            .collect())
+        let mut out = combine(&mats, &weights);
+        for row in &mut out {
+            let squash =
+                |c: &mut [f32]| c.iter_mut().for_each(|z| *z = 0.5 + (*z / total).atan() / std::f32::consts::PI);
+            // Threads only for a long row (a search over a large collection).
+            match row.len() > PAR_CHUNK {
+                true => row.par_chunks_mut(PAR_CHUNK).for_each(squash),
+                false => squash(row),
+            }
+        }
+        Ok(out)
     }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
         self.parts[0].0.pairs(images, texts)
@@ -217,10 +498,17 @@ impl Scorer for BankNormalised {
         let bank = self.inner.matrix(&inner, &self.bank)?;
         let n = bank.len().max(1) as f32;
         let columns = inner.len();
-        let mean: Vec<f32> = (0..columns).map(|c| bank.iter().map(|r| r[c]).sum::<f32>() / n).collect();
-        let inv_std: Vec<f32> = (0..columns)
-            .map(|c| 1.0 / (bank.iter().map(|r| (r[c] - mean[c]).powi(2)).sum::<f32>() / n).sqrt().max(1e-9))
-            .collect();
+        // Summed row by row (in the rows' memory order), each column's terms in bank order.
+        let mut mean = vec![0.0f32; columns];
+        for row in &bank {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0f32; columns];
+        for row in &bank {
+            var.iter_mut().zip(row).zip(&mean).for_each(|((s, v), m)| *s += (v - m).powi(2));
+        }
+        let inv_std: Vec<f32> = var.iter().map(|s| 1.0 / (s / n).sqrt().max(1e-9)).collect();
         Ok(Prepared::new(images, State::Bank { inner: Box::new(inner), mean, inv_std }))
     }
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
@@ -228,7 +516,7 @@ impl Scorer for BankNormalised {
         let (inner, mean, inv_std) = match &images.state {
             State::Bank { inner, mean, inv_std } => (inner.as_ref(), mean, inv_std),
             _ => {
-                fresh = self.prepare(images.images())?;
+                fresh = self.prepare(images.images()?)?;
                 match &fresh.state {
                     State::Bank { inner, mean, inv_std } => (inner.as_ref(), mean, inv_std),
                     _ => unreachable!("bank normalisation prepares a bank"),
@@ -253,25 +541,41 @@ impl Scorer for BankNormalised {
 
 /// Per query (row), each matrix z-scored, then summed with `weights`.
 pub fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
-    let z = |row: &[f32]| -> Vec<f32> {
-        let n = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let std = (row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-9);
-        row.iter().map(|v| (v - mean) / std).collect()
-    };
     let Some(first) = mats.first() else { return Vec::new() };
     (0..first.len())
         .map(|q| {
+            // Each matrix's mean and spread over the row, then one pass over the images.
+            let stats: Vec<(f32, f32)> = mats
+                .iter()
+                .map(|m| {
+                    let row = &m[q];
+                    let n = row.len() as f32;
+                    let mean = row.iter().sum::<f32>() / n;
+                    let std = (row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-9);
+                    (mean, std)
+                })
+                .collect();
             let mut out = vec![0.0; first[q].len()];
-            for (m, &w) in mats.iter().zip(weights) {
-                for (o, v) in out.iter_mut().zip(z(&m[q])) {
-                    *o += w * v;
+            let add = |(c, out): (usize, &mut [f32])| {
+                let at = c * PAR_CHUNK;
+                for ((m, &w), &(mean, std)) in mats.iter().zip(weights).zip(&stats) {
+                    for (o, v) in out.iter_mut().zip(&m[q][at..]) {
+                        *o += w * ((v - mean) / std);
+                    }
                 }
+            };
+            // Threads only for a long row (a search over a large collection).
+            match out.len() > PAR_CHUNK {
+                true => out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(add),
+                false => add((0, &mut out)),
             }
             out
         })
         .collect()
 }
+
+/// Images per parallel task when a search's scores are combined (16,384 scores: 64 KiB).
+pub(crate) const PAR_CHUNK: usize = 16_384;
 
 #[cfg(test)]
 mod tests {
@@ -294,7 +598,7 @@ mod tests {
         }
         fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let cols: Vec<f32> = images.images().narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
+            let cols: Vec<f32> = images.images()?.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
             let rows: Vec<f32> = texts.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
             Ok(rows.iter().map(|&t| cols.iter().map(|&i| self.table[t as usize][i as usize]).collect()).collect())
         }
@@ -360,6 +664,115 @@ mod tests {
         assert_eq!(b.calls.load(Ordering::SeqCst), 0);
         assert!(s[0][1] > s[0][2] && s[0][2] > s[0][0], "{s:?}");
         assert!(s[0].iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    fn fusion(image_dim: usize) -> Fusion {
+        use candle::DType;
+        use imsearch_fusion::FusionConfig;
+        let mut varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let config = FusionConfig {
+            image_encoder: "test".into(),
+            text_encoder: "test".into(),
+            image_dim,
+            text_dim: 12,
+            hidden_dim: 16,
+            shared_dim: 40,
+            locked_text: false,
+        };
+        let model = FusionModel::new(config, vb).unwrap();
+        // Unit spreads and a calibration that spreads the scores (these variables start at zero).
+        varmap.set_one("calibration.scale", Tensor::new(&[8.0f32], &Device::Cpu).unwrap()).unwrap();
+        for (side, dim) in [("image", image_dim), ("text", 12)] {
+            varmap.set_one(format!("{side}.inv_std"), Tensor::ones(dim, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        }
+        Fusion::new(model)
+    }
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.gen::<f32>() - 0.5).collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_search_scores_as_an_evaluation_does_from_the_kept_rows_alone() {
+        let f = fusion(24);
+        let images = random(3000, 24, 1);
+        let texts = random(FEW_TEXTS + 3, 12, 2);
+        let prepared = f.prepare(&images).unwrap();
+        // Many texts: candle's product; one text: the one-pass f16 search path.
+        let all = f.matrix(&prepared, &texts).unwrap();
+        let spread = all[0].iter().fold(f32::MIN, |a, &b| a.max(b)) - all[0].iter().fold(f32::MAX, |a, &b| a.min(b));
+        assert!(spread > 1e-3, "the scores vary: {spread}");
+        let kept = prepared.clone().without_features();
+        assert_eq!(kept.len(), 3000);
+        assert!(kept.images().is_err(), "the raw rows are gone");
+        for (t, want) in all.iter().enumerate() {
+            let one = f.matrix(&kept, &texts.narrow(0, t, 1).unwrap()).unwrap().remove(0);
+            let worst = one.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "text {t}: a score differs by {worst}");
+        }
+        // Pairs read the same f16 rows: the diagonal of the matrix.
+        let pairs = f.pairs(&images.narrow(0, 0, 4).unwrap(), &texts.narrow(0, 0, 4).unwrap()).unwrap();
+        for (i, p) in pairs.iter().enumerate() {
+            assert!((p - all[i][i]).abs() < 1e-5, "pair {i}: {p} against {}", all[i][i]);
+        }
+        // A scorer whose preparation needs the features says so instead of scoring nothing.
+        let e = Ensemble::equal([Arc::new(f) as Arc<dyn Scorer>]);
+        let unprepared = Prepared::plain(&images).without_features();
+        assert!(e.matrix(&unprepared, &texts).is_ok(), "plain features are the state and are kept");
+    }
+
+    #[test]
+    fn a_preparation_in_blocks_saved_and_read_back_or_reordered_scores_alike() {
+        use std::collections::BTreeMap;
+        let images = random(300, 24, 3);
+        let texts = random(2, 12, 4);
+        let gallery: BTreeMap<usize, Vec<usize>> = (0..40).map(|i| (i, vec![2 * i, 2 * i + 1])).collect();
+        let hood = crate::Neighbourhood { k: 5, temperature: 0.5 };
+        let neighbours =
+            crate::Neighbours::new(&images, &random(80, 12, 5), &gallery, &(0..40).collect::<Vec<_>>(), hood).unwrap();
+        let bank = random(20, 12, 6);
+        let e = Ensemble::new(vec![
+            (Arc::new(Ensemble::equal([Arc::new(fusion(24)) as Arc<dyn Scorer>])) as Arc<dyn Scorer>, 1.0),
+            (Arc::new(BankNormalised::new(Arc::new(neighbours), bank.clone())), 0.5),
+            (Arc::new(BankNormalised::new(Arc::new(fusion(24)), bank)), 0.25),
+            (Arc::new(fusion(24)), 0.0),
+        ]);
+        let close = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+            a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+        };
+        let whole = e.prepare(&images).unwrap();
+        let want = e.matrix(&whole, &texts).unwrap();
+
+        let blocks = Prepared::concat(vec![
+            e.prepare(&images.narrow(0, 0, 100).unwrap()).unwrap().without_features(),
+            e.prepare(&images.narrow(0, 100, 200).unwrap()).unwrap().without_features(),
+        ])
+        .unwrap();
+        assert_eq!(blocks.len(), 300);
+        assert!(close(&e.matrix(&blocks, &texts).unwrap(), &want) < 1e-5);
+
+        let mut tensors = HashMap::new();
+        blocks.to_tensors("p", &mut tensors).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        candle::safetensors::save(&tensors, file.path()).unwrap();
+        let back = Prepared::from_tensors(&candle::safetensors::load(file.path(), &Device::Cpu).unwrap(), "p", 300)
+            .expect("read back");
+        assert_eq!(e.matrix(&back, &texts).unwrap(), e.matrix(&blocks, &texts).unwrap(), "bit for bit");
+        assert!(Prepared::from_tensors(&tensors, "p", 299).is_none(), "a row count that does not match");
+
+        // Rows reordered: each image keeps its score.
+        let reversed: Vec<usize> = (0..300).rev().collect();
+        let got = e.matrix(&back.select(&reversed).unwrap(), &texts).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            let back_in_order: Vec<f32> = g.iter().rev().copied().collect();
+            assert!(close(&[back_in_order], std::slice::from_ref(w)) < 1e-5);
+        }
+        // Preparations of different scorers do not join.
+        assert!(Prepared::concat(vec![back, Prepared::plain(&images)]).is_err());
     }
 
     #[test]

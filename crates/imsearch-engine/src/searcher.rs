@@ -37,6 +37,11 @@ pub struct Searcher {
     index: FolderIndex,
     engine: Engine,
     prepared: Prepared,
+    /// Per prepared row, its index row (the prepared rows come from the folder's saved
+    /// preparation first, then the images prepared now).
+    order: Vec<usize>,
+    /// Rows of the preparation read back from the folder's saved one.
+    reused_rows: usize,
     text_model: MiniLm,
     text_policy: TextPolicy,
     /// Per index row: the image policy blocks it.
@@ -71,8 +76,8 @@ impl Searcher {
                 engine.layout()
             )));
         }
-        let images = Tensor::from_slice(&index.features, (index.len(), index.dim), &Device::Cpu)?;
-        let prepared = engine.scorer().prepare(&images)?;
+        // A search reads the scorers' state alone: the raw rows are dropped here.
+        let (prepared, order, reused_rows) = prepare_folder(&engine, &index)?;
         let blocked = (0..index.len())
             .map(|row| match &policy {
                 Some(p) => p.policy.decide(Some(&index.slices(row, &p.parts))).is_blocked(),
@@ -80,10 +85,20 @@ impl Searcher {
             })
             .collect();
         let policy_path = policy.map(|p| p.path);
-        // The raw rows live on in `prepared`; the index keeps only the keys and the summary.
+        // The index keeps only the keys and the summary.
         let mut index = index;
         index.features = Vec::new();
-        Ok(Searcher { index, engine, prepared, text_model, text_policy: TextPolicy::default(), blocked, policy_path })
+        Ok(Searcher {
+            index,
+            engine,
+            prepared,
+            order,
+            reused_rows,
+            text_model,
+            text_policy: TextPolicy::default(),
+            blocked,
+            policy_path,
+        })
     }
 
     /// The text policy's decision on `query`: a query that names a child gets no results.
@@ -112,8 +127,17 @@ impl Searcher {
         let scores = self.engine.scorer().matrix(&self.prepared, &q)?.remove(0);
         Ok(imsearch_index::top_k(&scores, k)
             .iter()
-            .map(|hit| Ranked { row: hit.row, score: hit.score, blocked: self.blocked[hit.row] })
+            .map(|hit| {
+                let row = self.order[hit.row];
+                Ranked { row, score: hit.score, blocked: self.blocked[row] }
+            })
             .collect())
+    }
+
+    /// Images whose preparation for the engine was read back from the folder's saved one
+    /// (the rest were prepared now, and the saved one updated).
+    pub fn reused_preparations(&self) -> usize {
+        self.reused_rows
     }
 
     /// Images searched.
@@ -147,4 +171,130 @@ impl Searcher {
     pub fn policy_path(&self) -> Option<&PathBuf> {
         self.policy_path.as_ref()
     }
+}
+
+/// The saved preparation's format: its tensors (`prepared.*`, see `Prepared::to_tensors`),
+/// `ids` (per row the sha256, in hex, of the image's key and content hash) and `format`.
+const PREPARED_FORMAT: u32 = 1;
+
+/// The engine's preparation of the index's images for search, with each prepared row's index
+/// row and how many rows came from the folder's saved preparation. The preparation is saved
+/// beside the index caches (`prepared-<engine fingerprint>.safetensors`, atomically) and read
+/// back for the images whose key and content are unchanged, so a search over an unchanged
+/// folder prepares nothing. An engine assembled in memory (no fingerprint) prepares everything
+/// and saves nothing; a saved preparation that cannot be read is reported and rebuilt.
+fn prepare_folder(engine: &Engine, index: &FolderIndex) -> Result<(Prepared, Vec<usize>, usize)> {
+    let scorer = engine.scorer();
+    let features = |rows: &[usize]| -> Result<Tensor> {
+        let mut data = Vec::with_capacity(rows.len() * index.dim);
+        for &r in rows {
+            data.extend_from_slice(&index.features[r * index.dim..(r + 1) * index.dim]);
+        }
+        Ok(Tensor::from_vec(data, (rows.len(), index.dim), &Device::Cpu)?)
+    };
+    let all: Vec<usize> = (0..index.len()).collect();
+    let (Some(fingerprint), true) = (engine.fingerprint(), index.hashes.len() == index.len()) else {
+        return Ok((crate::scorer::prepare_for_search(scorer.as_ref(), &features(&all)?)?, all, 0));
+    };
+    let ids: Vec<String> = index
+        .keys
+        .iter()
+        .zip(&index.hashes)
+        .map(|(k, h)| imsearch_index::Item::text("", format!("{k}\0{h}")).content_hash())
+        .collect::<std::result::Result<_, _>>()?;
+    let path = index.summary.cache_dir.join(format!("prepared-{}.safetensors", &fingerprint[..16]));
+    let saved = match load_prepared(&path) {
+        Ok(saved) => saved,
+        Err(why) => {
+            tracing::warn!("rebuilding the saved preparation {}: {why}", path.display());
+            None
+        }
+    };
+    let (mut reuse, mut reuse_rows, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+    match &saved {
+        Some((saved_ids, _)) => {
+            let at: std::collections::HashMap<&str, usize> =
+                saved_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+            for (row, id) in ids.iter().enumerate() {
+                match at.get(id.as_str()) {
+                    Some(&i) => {
+                        reuse.push(i);
+                        reuse_rows.push(row);
+                    }
+                    None => fresh.push(row),
+                }
+            }
+        }
+        None => fresh = all,
+    }
+    let mut blocks = Vec::new();
+    if let Some((_, prepared)) = &saved {
+        if !reuse.is_empty() {
+            blocks.push(if reuse.len() == prepared.len() && reuse.iter().enumerate().all(|(i, &r)| i == r) {
+                prepared.clone()
+            } else {
+                prepared.select(&reuse)?
+            });
+        }
+    }
+    if !fresh.is_empty() {
+        blocks.push(crate::scorer::prepare_for_search(scorer.as_ref(), &features(&fresh)?)?);
+    }
+    let prepared = Prepared::concat(blocks)?;
+    let order: Vec<usize> = reuse_rows.iter().chain(&fresh).copied().collect();
+    let unchanged = fresh.is_empty() && saved.as_ref().is_some_and(|(s, _)| s.len() == reuse.len());
+    if !unchanged {
+        let ids_in_order: Vec<&str> = order.iter().map(|&r| ids[r].as_str()).collect();
+        if let Err(why) = save_prepared(&path, &prepared, &ids_in_order) {
+            // The search works without it; the next start prepares again.
+            tracing::warn!("could not save the preparation {}: {why}", path.display());
+        }
+    }
+    Ok((prepared, order, reuse.len()))
+}
+
+/// The saved preparation at `path` and its row ids; `None` when there is none.
+fn load_prepared(path: &std::path::Path) -> Result<Option<(Vec<String>, Prepared)>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let tensors = candle::safetensors::load(path, &Device::Cpu)?;
+    let corrupt = |what: &str| Error::Invalid(format!("{}: {what}", path.display()));
+    let format: Vec<u32> = tensors.get("format").ok_or_else(|| corrupt("no format"))?.to_vec1()?;
+    if format != [PREPARED_FORMAT] {
+        return Err(corrupt(&format!("format {format:?}, expected {PREPARED_FORMAT}")));
+    }
+    let ids = tensors.get("ids").ok_or_else(|| corrupt("no ids"))?;
+    let (rows, width) = ids.dims2()?;
+    if width != 64 {
+        return Err(corrupt("ids of the wrong width"));
+    }
+    let bytes: Vec<u8> = ids.flatten_all()?.to_vec1()?;
+    let ids = bytes
+        .chunks_exact(64)
+        .map(|c| String::from_utf8(c.to_vec()).map_err(|_| corrupt("ids that are not text")))
+        .collect::<Result<Vec<_>>>()?;
+    let prepared =
+        Prepared::from_tensors(&tensors, "prepared", rows).ok_or_else(|| corrupt("tensors of the wrong shape"))?;
+    Ok(Some((ids, prepared)))
+}
+
+fn save_prepared(path: &std::path::Path, prepared: &Prepared, ids: &[&str]) -> Result<()> {
+    let mut tensors = std::collections::HashMap::new();
+    prepared.to_tensors("prepared", &mut tensors)?;
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.bytes()).collect();
+    tensors.insert("ids".to_owned(), Tensor::from_vec(bytes, (ids.len(), 64), &Device::Cpu)?);
+    tensors.insert("format".to_owned(), Tensor::new(&[PREPARED_FORMAT], &Device::Cpu)?);
+    imsearch_fsio::write_atomic_via_path(path, |temp| candle::safetensors::save(&tensors, temp).map_err(Error::from))?;
+    // Preparations for other engines are of no further use.
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let other = entry.file_name();
+            let other = other.to_string_lossy();
+            if other.starts_with("prepared-") && other.ends_with(".safetensors") && *other != *name.to_string_lossy() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
 }

@@ -291,7 +291,8 @@ impl FusionModel {
         Ok((self.scale.to_vec1::<f32>()?[0], self.offset.to_vec1::<f32>()?[0]))
     }
 
-    fn calibrate(&self, cos: &Tensor) -> candle::Result<Tensor> {
+    /// `a * cos + b`.
+    pub fn calibrate(&self, cos: &Tensor) -> candle::Result<Tensor> {
         cos.broadcast_mul(&self.scale)?.broadcast_add(&self.offset)
     }
 

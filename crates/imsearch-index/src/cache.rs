@@ -239,6 +239,11 @@ impl EmbeddingCache {
         &self.meta.keys
     }
 
+    /// The sha256 (hex) of each row's content, in the rows' order.
+    pub fn hashes(&self) -> &[String] {
+        &self.meta.hashes
+    }
+
     /// The row-major `(len, dim)` matrix.
     pub fn matrix(&self) -> &[f32] {
         &self.data

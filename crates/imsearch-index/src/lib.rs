@@ -5,7 +5,10 @@
 //!   matrix plus, in its metadata, each row's key and the sha256 of the content it was computed
 //!   from. [`EmbeddingCache::refresh`] re-encodes only what is new or changed and drops what is
 //!   gone.
-//! - [`top_k`]: the `k` best rows for a query by a caller-supplied score.
+//! - [`top_k`]: the `k` best rows for a query by a caller-supplied score, in one pass.
+//! - [`dot_matrix`], [`dot_matrix_map`], [`dot_matrix_f16_map`]: a few queries against many
+//!   rows (f32 or f16), each row read once, on every core: an exact search's cost is its
+//!   memory traffic.
 //!
 //! Architecture invariant: no candle, no encoder. Encoding is a closure the caller passes in,
 //! so any model (or a test double) can fill the cache.
@@ -16,4 +19,4 @@ mod search;
 pub use cache::{
     content_hash, CacheStats, Checkpoint, Content, EmbeddingCache, Error, Item, Result, Stamp, CACHE_FORMAT,
 };
-pub use search::{dot_scores, top_k, Hit};
+pub use search::{dot_matrix, dot_matrix_f16_map, dot_matrix_map, dot_scores, top_k, Hit};

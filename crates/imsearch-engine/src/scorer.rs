@@ -578,7 +578,7 @@ pub fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
 pub(crate) const PAR_CHUNK: usize = 16_384;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use candle::Device;
@@ -666,7 +666,7 @@ mod tests {
         assert!(s[0].iter().all(|v| (0.0..=1.0).contains(v)));
     }
 
-    fn fusion(image_dim: usize) -> Fusion {
+    pub(crate) fn fusion(image_dim: usize) -> Fusion {
         use candle::DType;
         use imsearch_fusion::FusionConfig;
         let mut varmap = candle_nn::VarMap::new();
@@ -689,7 +689,7 @@ mod tests {
         Fusion::new(model)
     }
 
-    fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
+    pub(crate) fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let v: Vec<f32> = (0..rows * cols).map(|_| rng.gen::<f32>() - 0.5).collect();
@@ -714,10 +714,11 @@ mod tests {
             let worst = one.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "text {t}: a score differs by {worst}");
         }
-        // Pairs read the same f16 rows: the diagonal of the matrix.
+        // Pairs read f16 rows too: the diagonal of the matrix, up to one f16 step of a
+        // projection (a 4-row product may round a value to the neighbouring f16).
         let pairs = f.pairs(&images.narrow(0, 0, 4).unwrap(), &texts.narrow(0, 0, 4).unwrap()).unwrap();
         for (i, p) in pairs.iter().enumerate() {
-            assert!((p - all[i][i]).abs() < 1e-5, "pair {i}: {p} against {}", all[i][i]);
+            assert!((p - all[i][i]).abs() < 1e-3, "pair {i}: {p} against {}", all[i][i]);
         }
         // A scorer whose preparation needs the features says so instead of scoring nothing.
         let e = Ensemble::equal([Arc::new(f) as Arc<dyn Scorer>]);
@@ -753,7 +754,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(blocks.len(), 300);
-        assert!(close(&e.matrix(&blocks, &texts).unwrap(), &want) < 1e-5);
+        // Up to one f16 step of a projection: products of another row count may round a value
+        // to the neighbouring f16.
+        assert!(close(&e.matrix(&blocks, &texts).unwrap(), &want) < 1e-3);
 
         let mut tensors = HashMap::new();
         blocks.to_tensors("p", &mut tensors).unwrap();

@@ -10,7 +10,7 @@ use imsearch_text::MiniLm;
 use crate::{
     engine::{layout_name, Engine},
     folder::{FolderIndex, IndexSummary},
-    scorer::Prepared,
+    scorer::{Prepared, Scorer},
     Error, Result,
 };
 
@@ -77,7 +77,7 @@ impl Searcher {
             )));
         }
         // A search reads the scorers' state alone: the raw rows are dropped here.
-        let (prepared, order, reused_rows) = prepare_folder(&engine, &index)?;
+        let (prepared, order, reused_rows) = prepare_folder(engine.scorer().as_ref(), engine.fingerprint(), &index)?;
         let blocked = (0..index.len())
             .map(|row| match &policy {
                 Some(p) => p.policy.decide(Some(&index.slices(row, &p.parts))).is_blocked(),
@@ -183,8 +183,11 @@ const PREPARED_FORMAT: u32 = 1;
 /// back for the images whose key and content are unchanged, so a search over an unchanged
 /// folder prepares nothing. An engine assembled in memory (no fingerprint) prepares everything
 /// and saves nothing; a saved preparation that cannot be read is reported and rebuilt.
-fn prepare_folder(engine: &Engine, index: &FolderIndex) -> Result<(Prepared, Vec<usize>, usize)> {
-    let scorer = engine.scorer();
+fn prepare_folder(
+    scorer: &dyn Scorer,
+    fingerprint: Option<&str>,
+    index: &FolderIndex,
+) -> Result<(Prepared, Vec<usize>, usize)> {
     let features = |rows: &[usize]| -> Result<Tensor> {
         let mut data = Vec::with_capacity(rows.len() * index.dim);
         for &r in rows {
@@ -193,8 +196,8 @@ fn prepare_folder(engine: &Engine, index: &FolderIndex) -> Result<(Prepared, Vec
         Ok(Tensor::from_vec(data, (rows.len(), index.dim), &Device::Cpu)?)
     };
     let all: Vec<usize> = (0..index.len()).collect();
-    let (Some(fingerprint), true) = (engine.fingerprint(), index.hashes.len() == index.len()) else {
-        return Ok((crate::scorer::prepare_for_search(scorer.as_ref(), &features(&all)?)?, all, 0));
+    let (Some(fingerprint), true) = (fingerprint, index.hashes.len() == index.len()) else {
+        return Ok((crate::scorer::prepare_for_search(scorer, &features(&all)?)?, all, 0));
     };
     let ids: Vec<String> = index
         .keys
@@ -225,7 +228,7 @@ fn prepare_folder(engine: &Engine, index: &FolderIndex) -> Result<(Prepared, Vec
                 }
             }
         }
-        None => fresh = all,
+        None => fresh = all.clone(),
     }
     let mut blocks = Vec::new();
     if let Some((_, prepared)) = &saved {
@@ -238,10 +241,17 @@ fn prepare_folder(engine: &Engine, index: &FolderIndex) -> Result<(Prepared, Vec
         }
     }
     if !fresh.is_empty() {
-        blocks.push(crate::scorer::prepare_for_search(scorer.as_ref(), &features(&fresh)?)?);
+        blocks.push(crate::scorer::prepare_for_search(scorer, &features(&fresh)?)?);
     }
-    let prepared = Prepared::concat(blocks)?;
-    let order: Vec<usize> = reuse_rows.iter().chain(&fresh).copied().collect();
+    let (prepared, order) = match Prepared::concat(blocks) {
+        Ok(p) => (p, reuse_rows.iter().chain(&fresh).copied().collect::<Vec<_>>()),
+        Err(why) => {
+            // A saved preparation of another shape: prepared again from the features.
+            tracing::warn!("rebuilding the saved preparation {}: {why}", path.display());
+            (reuse, fresh) = (Vec::new(), all.clone());
+            (crate::scorer::prepare_for_search(scorer, &features(&all)?)?, all)
+        }
+    };
     let unchanged = fresh.is_empty() && saved.as_ref().is_some_and(|(s, _)| s.len() == reuse.len());
     if !unchanged {
         let ids_in_order: Vec<&str> = order.iter().map(|&r| ids[r].as_str()).collect();
@@ -297,4 +307,84 @@ fn save_prepared(path: &std::path::Path, prepared: &Prepared, ids: &[&str]) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::IndexSummary;
+
+    fn index(dir: &std::path::Path, features: &Tensor, hashes: Vec<String>) -> FolderIndex {
+        let (n, dim) = features.dims2().unwrap();
+        FolderIndex {
+            keys: (0..n).map(|i| format!("photo{i}.jpg")).collect(),
+            hashes,
+            features: features.flatten_all().unwrap().to_vec1().unwrap(),
+            dim,
+            parts: Vec::new(),
+            summary: IndexSummary {
+                images_dir: dir.to_owned(),
+                cache_dir: dir.to_owned(),
+                indexed: n,
+                encoded: 0,
+                reused: n,
+                removed: 0,
+                skipped: Vec::new(),
+                ignored_files: 0,
+                rebuilt: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_folder_is_prepared_once_and_only_its_changed_images_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let scorer = crate::scorer::tests::fusion(24);
+        let features = crate::scorer::tests::random(50, 24, 9);
+        let text = crate::scorer::tests::random(1, 12, 10);
+        let hashes: Vec<String> = (0..50).map(|i| format!("{i:064x}")).collect();
+        let scores_by_row = |(p, order, _): &(Prepared, Vec<usize>, usize)| {
+            let s = scorer.matrix(p, &text).unwrap().remove(0);
+            let mut by_row = vec![0.0; s.len()];
+            for (i, &row) in order.iter().enumerate() {
+                by_row[row] = s[i];
+            }
+            by_row
+        };
+
+        // Without a fingerprint nothing is saved.
+        let plain = prepare_folder(&scorer, None, &index(dir.path(), &features, hashes.clone())).unwrap();
+        assert_eq!(plain.2, 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let want = scores_by_row(&plain);
+
+        let fp = "ab".repeat(32);
+        let first = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &features, hashes.clone())).unwrap();
+        assert_eq!(first.2, 0);
+        let again = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &features, hashes.clone())).unwrap();
+        assert_eq!(again.2, 50, "every row read back");
+        assert_eq!(scores_by_row(&again), want);
+
+        // Image 7's file changed (new hash, new features): only it is prepared again, and it
+        // scores as its new features do.
+        let mut changed = hashes.clone();
+        changed[7] = format!("{:064x}", 999);
+        let mut rows: Vec<f32> = features.flatten_all().unwrap().to_vec1().unwrap();
+        rows[7 * 24..8 * 24].iter_mut().for_each(|v| *v = -*v);
+        let new_features = Tensor::from_vec(rows, (50, 24), &Device::Cpu).unwrap();
+        let third = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &new_features, changed.clone())).unwrap();
+        assert_eq!(third.2, 49);
+        assert_eq!(*third.1.last().unwrap(), 7);
+        let fresh = prepare_folder(&scorer, None, &index(dir.path(), &new_features, changed)).unwrap();
+        let (got, want) = (scores_by_row(&third), scores_by_row(&fresh));
+        // Image 7 was prepared alone: up to one f16 step of a projection from the full product.
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-3), "{got:?} against {want:?}");
+
+        // A corrupt saved preparation is rebuilt, not an error.
+        let saved = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        std::fs::write(&saved, b"not a preparation").unwrap();
+        let rebuilt = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &features, hashes)).unwrap();
+        assert_eq!(rebuilt.2, 0);
+        assert_eq!(scores_by_row(&rebuilt), scores_by_row(&plain));
+    }
 }

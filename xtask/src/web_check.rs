@@ -230,10 +230,26 @@ fn browser_test(addr: SocketAddr, images: usize, query: &str, args: &Args, out: 
     screenshot(&out.join("blocked-query.png"), &refusal.screenshot)?;
     refusal.verify()?;
     println!("web-check: a query naming a child shows the disclaimer and no image");
+
+    // A shared link with a `k` the menu lacks.
+    let linked = page.open_link(query, LINK_K)?;
+    screenshot(&out.join("link.png"), &linked.screenshot)?;
+    let expected = check::api_search(addr, query, LINK_K)?;
+    ensure!(
+        expected.results.len() == LINK_K.min(images),
+        "the API answered {} results for k = {LINK_K}",
+        expected.results.len()
+    );
+    linked.verify(&expected)?;
+    println!("web-check: a link with k = {LINK_K} (not in the menu) shows its {} results", expected.results.len());
     page.close();
     println!("web-check: browser test passed");
     Ok(())
 }
+
+/// The `k` of the shared link the browser test opens: a valid one the page's menu (5, 10, 20)
+/// lacks.
+const LINK_K: usize = 12;
 
 fn screenshot(path: &Path, png: &[u8]) -> Result<()> {
     paths::write_atomic(path, png)?;

@@ -256,6 +256,7 @@ pub struct Page {
     // Dropped in this order: the session, then the browser.
     cdp: Cdp,
     _browser: Browser,
+    addr: SocketAddr,
 }
 
 impl Page {
@@ -275,7 +276,7 @@ impl Page {
             STATUS_JS,
             Duration::from_secs(20),
         )?;
-        Ok(Page { cdp, _browser: browser })
+        Ok(Page { cdp, _browser: browser, addr })
     }
 
     /// The DevTools session, for checks of your own.
@@ -295,6 +296,25 @@ impl Page {
     pub fn search(&mut self, query: &str) -> Result<ResultsView> {
         self.type_query(query)?;
         let state = self.cdp.wait_for("the results to render", RESULTS_JS, STATUS_JS, Duration::from_secs(30))?;
+        let mut view: ResultsView = serde_json::from_value(state.clone())
+            .map_err(|source| Error::PageState { state: state.to_string(), source })?;
+        view.screenshot = self.cdp.screenshot()?;
+        view.url = self.cdp.eval("location.search")?.as_str().unwrap_or_default().to_owned();
+        Ok(view)
+    }
+
+    /// Opens a shared link to `query`'s results with `k` of them (`/?q=...&k=...`) and waits
+    /// (30 s at most) until the page has run the search and every result image has loaded or
+    /// failed; then takes a screenshot.
+    pub fn open_link(&mut self, query: &str, k: usize) -> Result<ResultsView> {
+        let url = format!("http://{}/?q={}&k={k}", self.addr, super::http::percent_encode(query));
+        self.cdp.call("Page.navigate", json!({ "url": url }))?;
+        // The new document, not the one before it: its address carries the link's `k`.
+        let fresh = format!(
+            "document.readyState === 'complete' && new URLSearchParams(location.search).get('k') === '{k}' && \
+             document.getElementById('k').value === '{k}' && {RESULTS_JS}"
+        );
+        let state = self.cdp.wait_for("the linked results to render", &fresh, STATUS_JS, Duration::from_secs(30))?;
         let mut view: ResultsView = serde_json::from_value(state.clone())
             .map_err(|source| Error::PageState { state: state.to_string(), source })?;
         view.screenshot = self.cdp.screenshot()?;

@@ -148,8 +148,12 @@ impl Prepared {
         Ok(Prepared { images, len, state })
     }
 
-    /// The preparation of rows `rows` alone, in that order (features dropped).
+    /// The preparation of rows `rows` alone, in that order (features dropped); a row past the
+    /// end is an error.
     pub fn select(&self, rows: &[usize]) -> Result<Prepared> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.len) {
+            return Err(crate::Error::Invalid(format!("row {r} selected from a preparation of {} rows", self.len)));
+        }
         let index = crate::neighbours::index(rows)?;
         let state = match &self.state {
             State::Plain => State::Plain,
@@ -774,6 +778,7 @@ pub(crate) mod tests {
             let back_in_order: Vec<f32> = g.iter().rev().copied().collect();
             assert!(close(&[back_in_order], std::slice::from_ref(w)) < 1e-5);
         }
+        assert!(back.select(&[0, 300]).is_err(), "a row past the end");
         // Preparations of different scorers do not join.
         assert!(Prepared::concat(vec![back, Prepared::plain(&images)]).is_err());
     }

@@ -19,19 +19,19 @@ pub fn dot_scores(matrix: &[f32], dim: usize, query: &[f32], out: &mut Vec<f32>)
 const LANES: usize = 32;
 
 /// [`LANES`] partial sums let the compiler vectorise without reassociating, so every
-/// instruction set gives the same sums.
+/// instruction set gives the same sums. Rows of f16 are widened to f32 (exactly) first.
 #[inline(always)]
-fn dot(row: &[f32], query: &[f32]) -> f32 {
+fn dot<T: Copy + Into<f32>>(row: &[T], query: &[f32]) -> f32 {
     let dim = row.len();
     let mut acc = [0.0f32; LANES];
     let (rows, rest) = row.split_at(dim - dim % LANES);
     let (qs, qrest) = query.split_at(dim - dim % LANES);
     for (r, q) in rows.chunks_exact(LANES).zip(qs.chunks_exact(LANES)) {
         for i in 0..LANES {
-            acc[i] += r[i] * q[i];
+            acc[i] += r[i].into() * q[i];
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().zip(qrest).map(|(a, b)| a * b).sum::<f32>()
+    acc.iter().sum::<f32>() + rest.iter().zip(qrest).map(|(&a, b)| a.into() * b).sum::<f32>()
 }
 
 /// Rows per parallel task of [`dot_matrix`]: 2,048 rows of 256 floats are 2 MiB.
@@ -50,23 +50,7 @@ pub fn dot_matrix(matrix: &[f32], dim: usize, queries: &[f32]) -> Vec<Vec<f32>> 
 /// [`dot_matrix`] with `map` applied to every product on the same threads (a calibration, a
 /// sigmoid), while the block is still in cache.
 pub fn dot_matrix_map(matrix: &[f32], dim: usize, queries: &[f32], map: impl Fn(f32) -> f32 + Sync) -> Vec<Vec<f32>> {
-    use rayon::prelude::*;
-    assert!(dim > 0 && queries.len().is_multiple_of(dim), "query dimension");
-    assert_eq!(matrix.len() % dim, 0, "matrix dimension");
-    let (q, rows) = (queries.len() / dim, matrix.len() / dim);
-    if q == 0 {
-        return Vec::new();
-    }
-    // Image-major (`rows x q`), so each task writes one contiguous block.
-    let mut out = vec![0.0f32; rows * q];
-    out.par_chunks_mut(ROWS_PER_TASK * q).zip(matrix.par_chunks(ROWS_PER_TASK * dim)).for_each(|(out, block)| {
-        dot_block(block, dim, queries, out);
-        out.iter_mut().for_each(|v| *v = map(*v));
-    });
-    if q == 1 {
-        return vec![out];
-    }
-    (0..q).map(|j| out.iter().skip(j).step_by(q).copied().collect()).collect()
+    dot_rows(matrix, dim, queries, map, dot_block)
 }
 
 /// [`dot_matrix_map`] over rows stored as f16 (half the memory traffic): the same sums as
@@ -78,6 +62,33 @@ pub fn dot_matrix_f16_map(
     queries: &[f32],
     map: impl Fn(f32) -> f32 + Sync,
 ) -> Vec<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    let fast = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c");
+    dot_rows(matrix, dim, queries, map, |block: &[half::f16], dim, queries, out: &mut [f32]| {
+        let q = queries.len() / dim;
+        for (row, out) in block.chunks_exact(dim).zip(out.chunks_exact_mut(q)) {
+            for (o, query) in out.iter_mut().zip(queries.chunks_exact(dim)) {
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the processor has AVX2 and F16C, checked above.
+                    *o = unsafe { dot_f16_avx2(row, query) };
+                    continue;
+                }
+                *o = dot(row, query);
+            }
+        }
+    })
+}
+
+/// The rows of `matrix` split across threads, `block` scoring each share against every query
+/// into its rows of `out` (image-major), then `map`ped and turned query-major.
+fn dot_rows<T: Sync>(
+    matrix: &[T],
+    dim: usize,
+    queries: &[f32],
+    map: impl Fn(f32) -> f32 + Sync,
+    block: impl Fn(&[T], usize, &[f32], &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
     use rayon::prelude::*;
     assert!(dim > 0 && queries.len().is_multiple_of(dim), "query dimension");
     assert_eq!(matrix.len() % dim, 0, "matrix dimension");
@@ -85,21 +96,11 @@ pub fn dot_matrix_f16_map(
     if q == 0 {
         return Vec::new();
     }
-    #[cfg(target_arch = "x86_64")]
-    let fast = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c");
+    // Image-major (`rows x q`), so each task writes one contiguous block.
     let mut out = vec![0.0f32; rows * q];
-    out.par_chunks_mut(ROWS_PER_TASK * q).zip(matrix.par_chunks(ROWS_PER_TASK * dim)).for_each(|(out, block)| {
-        for (row, out) in block.chunks_exact(dim).zip(out.chunks_exact_mut(q)) {
-            for (o, query) in out.iter_mut().zip(queries.chunks_exact(dim)) {
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the processor has AVX2 and F16C, checked above.
-                    *o = map(unsafe { dot_f16_avx2(row, query) });
-                    continue;
-                }
-                *o = map(dot_f16(row, query));
-            }
-        }
+    out.par_chunks_mut(ROWS_PER_TASK * q).zip(matrix.par_chunks(ROWS_PER_TASK * dim)).for_each(|(out, rows)| {
+        block(rows, dim, queries, out);
+        out.iter_mut().for_each(|v| *v = map(*v));
     });
     if q == 1 {
         return vec![out];
@@ -107,21 +108,7 @@ pub fn dot_matrix_f16_map(
     (0..q).map(|j| out.iter().skip(j).step_by(q).copied().collect()).collect()
 }
 
-/// [`dot`] of a row of f16 values widened to f32.
-fn dot_f16(row: &[half::f16], query: &[f32]) -> f32 {
-    let dim = row.len();
-    let mut acc = [0.0f32; LANES];
-    let (rows, rest) = row.split_at(dim - dim % LANES);
-    let (qs, qrest) = query.split_at(dim - dim % LANES);
-    for (r, q) in rows.chunks_exact(LANES).zip(qs.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += r[i].to_f32() * q[i];
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().zip(qrest).map(|(a, b)| a.to_f32() * b).sum::<f32>()
-}
-
-/// [`dot_f16`] with the lanes in four AVX2 registers: the same products and additions in the
+/// [`dot`] of f16 rows with the lanes in four AVX2 registers: the same products and additions in the
 /// same order (a multiply then an add, not fused), so the same sums.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
@@ -255,7 +242,7 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(got[1].len(), rows);
         // The portable loop gives the same sums as the vector one.
-        let portable: Vec<f32> = matrix.chunks(dim).map(|r| dot_f16(r, &queries[..dim]) - 1.0).collect();
+        let portable: Vec<f32> = matrix.chunks(dim).map(|r| dot(r, &queries[..dim]) - 1.0).collect();
         assert_eq!(got[0], portable);
     }
 

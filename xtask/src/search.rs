@@ -24,9 +24,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use candle::Device;
-use imsearch_compliance::{Decision, TextPolicy, DISCLAIMER};
+use imsearch_compliance::{BlockReason, Decision, TextPolicy, DISCLAIMER};
 use imsearch_data::Dataset;
-use imsearch_engine::{FolderIndex, ImagePolicySource, IndexOptions, IndexSummary, Searcher, IMAGE_EXTENSIONS};
+use imsearch_engine::{FolderIndex, ImagePolicySource, IndexOptions, IndexSummary, Ranked, Searcher, IMAGE_EXTENSIONS};
 use imsearch_text::MiniLm;
 use serde::Serialize;
 
@@ -39,7 +39,13 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// What to look for, e.g. "two dogs play in the snow".
-    query: String,
+    #[arg(required_unless_present = "like")]
+    query: Option<String>,
+    /// More like this photo: rank the folder by likeness to PATH (a photo in the folder or
+    /// anywhere else) instead of a text query. A photo the image policy blocks gets the
+    /// disclaimer and no results; the photo itself is left out of its results.
+    #[arg(long, value_name = "PATH", conflicts_with = "query")]
+    like: Option<PathBuf>,
     /// How many results to show.
     #[arg(short = 'k', long = "top", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     k: u32,
@@ -67,7 +73,11 @@ pub(crate) struct Setup {
 /// What `--json` prints.
 #[derive(Debug, Serialize)]
 struct Output {
+    /// The text query, or the example photo's path with `--like`.
     query: String,
+    /// `--like`: the results are photos like this one; `blocked` says the policy hides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    like: Option<PathBuf>,
     /// The query names a child: no results, the disclaimer instead.
     blocked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,16 +113,8 @@ pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
         None => paths::data_dir(setup.pipeline.data.as_deref())?.join("test_images"),
     };
     let embed = &setup.pipeline.embed;
-    let options = IndexOptions {
-        encoders: embed.kinds()?.into_iter().map(|k| (k, embed.image_model_id(k))).collect(),
-        views: embed.views()?,
-        batch: embed.batch,
-        cache_root: paths::resolve(&embed.workdir).join("index"),
-    };
-    let load_encoder = |kind: imsearch_vision::EncoderKind| -> Result<_, String> {
-        let files = crate::models::ensure(&store, kind.id()).map_err(|e| format!("{e:#}"))?;
-        imsearch_vision::load(kind, &files.weights, &Device::Cpu).map_err(|e| format!("failed to load {kind}: {e}"))
-    };
+    let options = index_options(setup)?;
+    let load_encoder = |kind| load_encoder(&store, kind);
     let bar = RefCell::new(None::<(String, indicatif::ProgressBar)>);
     let progress = |encoder: &str, done: usize, total: usize| {
         let mut bar = bar.borrow_mut();
@@ -162,14 +164,54 @@ pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
         .with_context(|| format!("failed to open the engine in {}", dir.display()))
 }
 
+/// How [`open`] indexes a folder with these options.
+fn index_options(setup: &Setup) -> Result<IndexOptions> {
+    let embed = &setup.pipeline.embed;
+    Ok(IndexOptions {
+        encoders: embed.kinds()?.into_iter().map(|k| (k, embed.image_model_id(k))).collect(),
+        views: embed.views()?,
+        batch: embed.batch,
+        cache_root: paths::resolve(&embed.workdir).join("index"),
+    })
+}
+
+/// The image encoder `kind`, its weights fetched if absent.
+fn load_encoder(
+    store: &imsearch_models::ModelStore,
+    kind: imsearch_vision::EncoderKind,
+) -> Result<Box<dyn imsearch_vision::ImageEncoder>, String> {
+    let files = crate::models::ensure(store, kind.id()).map_err(|e| format!("{e:#}"))?;
+    imsearch_vision::load(kind, &files.weights, &Device::Cpu).map_err(|e| format!("failed to load {kind}: {e}"))
+}
+
+/// `--like PATH`: the folder's photos most like PATH (its row when PATH is in the folder,
+/// otherwise its features encoded now).
+fn like(args: &Args, searcher: &Searcher, path: &Path) -> Result<std::result::Result<Vec<Ranked>, BlockReason>> {
+    let wanted = path.canonicalize().with_context(|| format!("failed to open the example photo {}", path.display()))?;
+    if let Some(row) = (0..searcher.len())
+        .find(|&row| searcher.path(row).and_then(|p| p.canonicalize().ok()).as_ref() == Some(&wanted))
+    {
+        return Ok(searcher.similar(row, args.k as usize)?);
+    }
+    let store = args.setup.pipeline.models.store()?;
+    let features =
+        imsearch_engine::encode_file(&wanted, &index_options(&args.setup)?, &|kind| load_encoder(&store, kind))
+            .with_context(|| format!("failed to encode the example photo {}", path.display()))?;
+    Ok(searcher.similar_to(&features, args.k as usize)?)
+}
+
 pub(crate) fn run(args: &Args) -> Result<()> {
-    let query = args.query.trim();
+    if let Some(path) = &args.like {
+        return run_like(args, path);
+    }
+    let query = args.query.as_deref().unwrap_or_default().trim();
     if query.is_empty() {
         bail!("the query is empty: pass the text to look for, e.g. `cargo xtask search \"two dogs play in the snow\"`");
     }
     if let Decision::Block(reason) = TextPolicy::default().decide(query) {
         let out = Output {
             query: query.to_owned(),
+            like: None,
             blocked: true,
             reason: Some(reason.to_string()),
             message: Some(DISCLAIMER),
@@ -186,15 +228,38 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     }
 
     let searcher = open(&args.setup, !args.json)?;
+    let start = Instant::now();
+    let ranked = searcher.rank(query, args.k as usize)?;
+    print_results(args, &searcher, query, None, Ok(ranked), start.elapsed())
+}
+
+/// `--like PATH`: the folder ranked by likeness to the photo at PATH.
+fn run_like(args: &Args, path: &Path) -> Result<()> {
+    let searcher = open(&args.setup, !args.json)?;
+    let start = Instant::now();
+    let answer = like(args, &searcher, path)?;
+    print_results(args, &searcher, &path.display().to_string(), Some(path), answer, start.elapsed())
+}
+
+/// Prints what a search found: a table, or with `--json` one object.
+fn print_results(
+    args: &Args,
+    searcher: &Searcher,
+    query: &str,
+    like: Option<&Path>,
+    answer: std::result::Result<Vec<Ranked>, BlockReason>,
+    elapsed: std::time::Duration,
+) -> Result<()> {
     let summary = searcher.summary().clone();
     if !args.json {
         for s in &summary.skipped {
             println!("skipped {}: {}", s.file, s.reason);
         }
     }
-    let start = Instant::now();
-    let ranked = searcher.rank(query, args.k as usize)?;
-    let elapsed = start.elapsed();
+    let (ranked, reason) = match answer {
+        Ok(ranked) => (ranked, None),
+        Err(reason) => (Vec::new(), Some(reason)),
+    };
     let results: Vec<Hit> = ranked
         .iter()
         .enumerate()
@@ -210,9 +275,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     if args.json {
         let out = Output {
             query: query.to_owned(),
-            blocked: false,
-            reason: None,
-            message: None,
+            like: like.map(Path::to_owned),
+            blocked: reason.is_some(),
+            message: reason.is_some().then_some(DISCLAIMER),
+            reason: reason.map(|r| r.to_string()),
             index: Some(summary),
             image_policy: Some(searcher.policy_path().cloned()),
             results,
@@ -226,11 +292,21 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         searcher.reused_preparations(),
         searcher.len()
     );
-    println!(
-        "query: {query:?}, ranked by the engine ({}) in {:.0} ms\n",
-        searcher.engine().name(),
-        elapsed.as_secs_f64() * 1e3
-    );
+    if let Some(reason) = reason {
+        println!("example photo: {query}\nblocked: {reason}; no results\n{DISCLAIMER}");
+        return Ok(());
+    }
+    match like {
+        Some(_) => println!(
+            "photos like {query}, by likeness in the engine's spaces (1: the same picture), in {:.0} ms\n",
+            elapsed.as_secs_f64() * 1e3
+        ),
+        None => println!(
+            "query: {query:?}, ranked by the engine ({}) in {:.0} ms\n",
+            searcher.engine().name(),
+            elapsed.as_secs_f64() * 1e3
+        ),
+    }
     println!("{:>4}  {:>6}  image", "rank", "score");
     for hit in &results {
         let shown = match &hit.path {

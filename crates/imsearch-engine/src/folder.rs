@@ -206,16 +206,7 @@ impl FolderIndex {
 
     /// Row `i`'s features of the parts `ids` side by side, in the index's order.
     pub fn slices(&self, i: usize, ids: &[String]) -> Vec<f32> {
-        let row = &self.features[i * self.dim..(i + 1) * self.dim];
-        let mut out = Vec::new();
-        let mut at = 0;
-        for p in &self.parts {
-            if ids.contains(&p.id) {
-                out.extend_from_slice(&row[at..at + p.dim]);
-            }
-            at += p.dim;
-        }
-        out
+        slices(&self.parts, &self.features[i * self.dim..(i + 1) * self.dim], ids)
     }
 
     pub fn len(&self) -> usize {
@@ -230,6 +221,40 @@ impl FolderIndex {
     pub fn path(&self, row: usize) -> Option<PathBuf> {
         self.keys.get(row).map(|key| self.summary.images_dir.join(key))
     }
+}
+
+/// The features of `row` (laid out as `parts`) of the parts `ids`, side by side in `parts`' order.
+pub(crate) fn slices(parts: &[ImagePart], row: &[f32], ids: &[String]) -> Vec<f32> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for p in parts {
+        if let (true, Some(features)) = (ids.contains(&p.id), row.get(at..at + p.dim)) {
+            out.extend_from_slice(features);
+        }
+        at += p.dim;
+    }
+    out
+}
+
+/// One image file's feature row in the layout of an index opened with `options` (every
+/// encoder's features over the views, side by side), for a photo that is not in the index ("more
+/// like this photo"). Nothing is cached. An unreadable or undecodable file is an error naming it.
+pub fn encode_file(
+    path: &Path,
+    options: &IndexOptions,
+    load_encoder: &dyn Fn(EncoderKind) -> std::result::Result<Box<dyn ImageEncoder>, String>,
+) -> Result<Vec<f32>> {
+    let mut row = Vec::new();
+    for (kind, _) in &options.encoders {
+        let encoder = load_encoder(*kind).map_err(Error::Invalid)?;
+        let item = Item::file(path.display().to_string(), path.to_owned());
+        match encode_images(encoder.as_ref(), &options.views, std::slice::from_ref(&item)).into_iter().next() {
+            Some(Ok(features)) => row.extend(features),
+            Some(Err(why)) => return Err(Error::Invalid(format!("{}: {why}", path.display()))),
+            None => return Err(Error::Invalid(format!("{}: not encoded", path.display()))),
+        }
+    }
+    Ok(row)
 }
 
 /// Features of a batch of image files, averaged over `views`. A batch with an unreadable file

@@ -45,13 +45,13 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use folder::{
-    encode_images, list_images, list_images_detailed, FolderIndex, ImageListing, IndexOptions, IndexSummary, Skipped,
-    IMAGE_EXTENSIONS,
+    encode_file, encode_images, list_images, list_images_detailed, FolderIndex, ImageListing, IndexOptions,
+    IndexSummary, Skipped, IMAGE_EXTENSIONS,
 };
 pub use library::{library_path, make_library, LibrarySummary};
 pub use neighbours::{Neighbourhood, Neighbours};
 pub use scorer::{
-    combine, prepare_for_search, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer, BANK_Z_RANGE,
-    PREPARE_BLOCK,
+    combine, likeness, prepare_for_search, space_norms, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer,
+    BANK_Z_RANGE, PREPARE_BLOCK,
 };
 pub use searcher::{ImagePolicySource, Ranked, Searcher};

@@ -83,6 +83,18 @@ impl Prepared {
         Prepared { images: None, len: self.len, state }
     }
 
+    /// The images in each of the scorers' own spaces, in a fixed order: the fusion members'
+    /// projections and the bridge's text space (`(n, d)` f16 each). What "more like this"
+    /// compares: two photos alike in these spaces match the same captions.
+    pub fn spaces(&self) -> Vec<&Tensor> {
+        match &self.state {
+            State::Projected(t) => vec![t],
+            State::Bank { inner, .. } => inner.spaces(),
+            State::Parts(parts) => parts.iter().flatten().flat_map(Prepared::spaces).collect(),
+            State::Plain | State::Votes(_) => Vec::new(),
+        }
+    }
+
     /// Preparations of consecutive blocks of rows joined into the preparation of all their
     /// rows, in order (every scorer's state is per image). The features are kept only if every
     /// block kept them.
@@ -336,6 +348,60 @@ pub(crate) fn dots(
         _ => return product(),
     };
     Ok(rows)
+}
+
+/// Rows of the collection's spaces ([`Prepared::spaces`]) read in blocks of this many, so the
+/// f32 copy a norm needs stays small whatever the collection's size.
+const NORM_BLOCK: usize = 16_384;
+
+/// The Euclidean length of every row of each of `prepared`'s spaces: what [`likeness`] divides
+/// by (computed once per collection).
+pub fn space_norms(prepared: &Prepared) -> Result<Vec<Vec<f32>>> {
+    prepared
+        .spaces()
+        .into_iter()
+        .map(|t| {
+            let n = t.dim(0)?;
+            let mut norms = Vec::with_capacity(n);
+            for start in (0..n).step_by(NORM_BLOCK) {
+                let block = t.narrow(0, start, NORM_BLOCK.min(n - start))?.to_dtype(candle::DType::F32)?;
+                norms.extend(block.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?);
+            }
+            Ok(norms)
+        })
+        .collect()
+}
+
+/// How alike every image of `collection` is to image `row` of `example` (a preparation by the
+/// same scorer): the cosine similarity in each of their spaces ([`Prepared::spaces`]),
+/// averaged; -1 to 1, 1 for the same picture. `norms` are [`space_norms`] of `collection`.
+/// A zero vector is like nothing (0).
+pub fn likeness(collection: &Prepared, norms: &[Vec<f32>], example: &Prepared, row: usize) -> Result<Vec<f32>> {
+    let spaces = collection.spaces();
+    let examples = example.spaces();
+    if spaces.is_empty() || spaces.len() != examples.len() || norms.len() != spaces.len() {
+        return Err(crate::Error::Invalid(format!(
+            "more like this needs preparations by one scorer with image spaces ({} and {} spaces, {} norms)",
+            spaces.len(),
+            examples.len(),
+            norms.len()
+        )));
+    }
+    let mut total = vec![0f32; collection.len()];
+    for ((space, norms), example) in spaces.iter().zip(norms).zip(&examples) {
+        let e = example.get(row)?.to_dtype(candle::DType::F32)?;
+        let e_norm = e.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let dots = dots(&e.unsqueeze(0)?, space, |x| x, Ok)?.remove(0);
+        for ((t, d), n) in total.iter_mut().zip(dots).zip(norms) {
+            let denominator = e_norm * n;
+            if denominator > 0.0 {
+                *t += d / denominator;
+            }
+        }
+    }
+    let count = spaces.len() as f32;
+    total.iter_mut().for_each(|t| *t /= count);
+    Ok(total)
 }
 
 /// A fusion model as a scorer; `prepare` projects the images once.

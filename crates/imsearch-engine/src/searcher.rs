@@ -1,7 +1,7 @@
 //! A folder's index, the engine with its image-side work done once, the text encoder and the
 //! compliance policies: everything a query needs, loaded once.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::OnceLock};
 
 use candle::{Device, Tensor};
 use imsearch_compliance::{BlockReason, Decision, ImagePolicy, TextPolicy};
@@ -44,8 +44,12 @@ pub struct Searcher {
     reused_rows: usize,
     text_model: MiniLm,
     text_policy: TextPolicy,
-    /// Per index row: the image policy blocks it.
-    blocked: Vec<bool>,
+    /// Per index row: why the image policy blocks it (`None`: shown).
+    blocked: Vec<Option<BlockReason>>,
+    /// The image policy, for photos from outside the index used as examples.
+    policy: Option<ImagePolicySource>,
+    /// [`crate::space_norms`] of `prepared`, made by the first "more like this".
+    norms: OnceLock<Vec<Vec<f32>>>,
     /// Where the image policy came from; `None` when none was usable (every image blocked).
     policy_path: Option<PathBuf>,
 }
@@ -80,11 +84,15 @@ impl Searcher {
         let (prepared, order, reused_rows) = prepare_folder(engine.scorer().as_ref(), engine.fingerprint(), &index)?;
         let blocked = (0..index.len())
             .map(|row| match &policy {
-                Some(p) => p.policy.decide(Some(&index.slices(row, &p.parts))).is_blocked(),
-                None => true,
+                Some(p) => p.policy.decide(Some(&index.slices(row, &p.parts))),
+                None => Decision::Block(no_policy()),
+            })
+            .map(|d| match d {
+                Decision::Block(reason) => Some(reason),
+                Decision::Allow => None,
             })
             .collect();
-        let policy_path = policy.map(|p| p.path);
+        let policy_path = policy.as_ref().map(|p| p.path.clone());
         // The index keeps only the keys and the summary.
         let mut index = index;
         index.features = Vec::new();
@@ -97,6 +105,8 @@ impl Searcher {
             text_model,
             text_policy: TextPolicy::default(),
             blocked,
+            policy,
+            norms: OnceLock::new(),
             policy_path,
         })
     }
@@ -129,7 +139,7 @@ impl Searcher {
             .iter()
             .map(|hit| {
                 let row = self.order[hit.row];
-                Ranked { row, score: hit.score, blocked: self.blocked[row] }
+                Ranked { row, score: hit.score, blocked: self.blocked[row].is_some() }
             })
             .collect())
     }
@@ -156,7 +166,70 @@ impl Searcher {
 
     /// The image policy blocks index row `row` (`None`: no such row).
     pub fn is_blocked(&self, row: usize) -> Option<bool> {
-        self.blocked.get(row).copied()
+        self.blocked.get(row).map(Option::is_some)
+    }
+
+    /// The `k` images most like index row `row` (itself left out), best first, scored by
+    /// [`crate::likeness`] (-1 to 1) in the engine's spaces, with the image policy's decision.
+    /// `Err` with the reason when the policy blocks the example: a photo that is never shown
+    /// is not searched with either. A row past the end is an error.
+    pub fn similar(&self, row: usize, k: usize) -> Result<std::result::Result<Vec<Ranked>, BlockReason>> {
+        let Some(decision) = self.blocked.get(row) else {
+            return Err(Error::Invalid(format!("no image at row {row} of an index of {}", self.len())));
+        };
+        if let Some(reason) = decision {
+            return Ok(Err(reason.clone()));
+        }
+        let Some(prepared_row) = self.order.iter().position(|&r| r == row) else {
+            return Err(Error::Invalid(format!("image {row} was not prepared for the engine")));
+        };
+        self.most_like(&self.prepared, prepared_row, k).map(Ok)
+    }
+
+    /// The `k` images most like a photo from outside the index, given as its feature row in the
+    /// index's layout ([`crate::encode_file`]), best first; `Err` with the reason when the image
+    /// policy blocks the example (or there is no policy: fail closed).
+    pub fn similar_to(&self, features: &[f32], k: usize) -> Result<std::result::Result<Vec<Ranked>, BlockReason>> {
+        let dim: usize = self.index.parts.iter().map(|p| p.dim).sum();
+        if features.len() != dim {
+            return Err(Error::Invalid(format!(
+                "an example of {} features, but the index holds rows of {dim}",
+                features.len()
+            )));
+        }
+        let decision = match &self.policy {
+            Some(p) => p.policy.decide(Some(&crate::folder::slices(&self.index.parts, features, &p.parts))),
+            None => Decision::Block(no_policy()),
+        };
+        if let Decision::Block(reason) = decision {
+            return Ok(Err(reason));
+        }
+        let example = self.engine.scorer().prepare(&Tensor::from_slice(features, (1, dim), &Device::Cpu)?)?;
+        self.most_like(&example, 0, k).map(Ok)
+    }
+
+    /// The `k` best of the collection by likeness to row `row` of `example`; when `example` is
+    /// the collection, that row itself is left out.
+    fn most_like(&self, example: &Prepared, row: usize, k: usize) -> Result<Vec<Ranked>> {
+        let norms = match self.norms.get() {
+            Some(n) => n,
+            None => {
+                let n = crate::space_norms(&self.prepared)?;
+                self.norms.get_or_init(|| n)
+            }
+        };
+        let mut scores = crate::likeness(&self.prepared, norms, example, row)?;
+        if std::ptr::eq(example, &self.prepared) {
+            scores[row] = f32::NEG_INFINITY;
+        }
+        Ok(imsearch_index::top_k(&scores, k)
+            .iter()
+            .filter(|hit| hit.score.is_finite())
+            .map(|hit| {
+                let row = self.order[hit.row];
+                Ranked { row, score: hit.score, blocked: self.blocked[row].is_some() }
+            })
+            .collect())
     }
 
     pub fn summary(&self) -> &IndexSummary {
@@ -171,6 +244,11 @@ impl Searcher {
     pub fn policy_path(&self) -> Option<&PathBuf> {
         self.policy_path.as_ref()
     }
+}
+
+/// Why every image is blocked when no image policy could be loaded.
+fn no_policy() -> BlockReason {
+    BlockReason::Unscored { why: "no usable image policy".into() }
 }
 
 /// The saved preparation's format: its tensors (`prepared.*`, see `Prepared::to_tensors`),

@@ -280,3 +280,32 @@ fn a_folder_index_reuses_its_cache_and_rebuilds_a_corrupt_one() {
     assert!(third.summary.to_string().contains("rebuilt"), "{}", third.summary);
     assert_eq!(third.features, first.features);
 }
+
+#[test]
+fn more_like_this_finds_the_photo_itself_and_its_copy_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _, collection) = toy(dir.path());
+    let scorer = engine.scorer();
+    // Row 5 is a copy of row 1.
+    let collection = Tensor::cat(&[&collection, &collection.narrow(0, 1, 1).unwrap()], 0).unwrap();
+    let prepared = scorer.prepare(&collection).unwrap().without_features();
+    assert!(!prepared.spaces().is_empty(), "the engine's members and bridge have image spaces");
+    let norms = imsearch_engine::space_norms(&prepared).unwrap();
+    for row in 0..collection.dim(0).unwrap() {
+        let like = imsearch_engine::likeness(&prepared, &norms, &prepared, row).unwrap();
+        assert!(like.iter().all(|s| (-1.0 - 1e-3..=1.0 + 1e-3).contains(s)), "{like:?}");
+        assert!((like[row] - 1.0).abs() < 1e-3, "row {row} against itself: {}", like[row]);
+        let best = like.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        assert!((best.1 - like[row]).abs() < 1e-6, "row {row}: best {best:?}");
+    }
+    let like = imsearch_engine::likeness(&prepared, &norms, &prepared, 1).unwrap();
+    assert!((like[5] - 1.0).abs() < 1e-3, "the copy: {}", like[5]);
+    assert!(like[0] < 0.999 && like[2] < 0.999, "other photos are less alike: {like:?}");
+    // A photo from outside, prepared alone, is scored as the same photo inside.
+    let outside = scorer.prepare(&collection.narrow(0, 3, 1).unwrap()).unwrap();
+    let from_outside = imsearch_engine::likeness(&prepared, &norms, &outside, 0).unwrap();
+    let from_inside = imsearch_engine::likeness(&prepared, &norms, &prepared, 3).unwrap();
+    for (a, b) in from_outside.iter().zip(&from_inside) {
+        assert!((a - b).abs() < 1e-3, "{from_outside:?} against {from_inside:?}");
+    }
+}

@@ -49,6 +49,12 @@ pub(crate) struct Args {
     /// How many results to show.
     #[arg(short = 'k', long = "top", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     k: u32,
+    /// Show only photos whose probability of matching the query is at least P (0 to 1): the
+    /// score is calibrated on graded pairs, so 0.5 means "as likely a match as not" in the
+    /// experts' and the crowd's judgement. Possibly none: "no photo matches well enough". The
+    /// best 4k photos by rank are considered. Not with `--like`.
+    #[arg(long, value_name = "P", value_parser = min_score, conflicts_with = "like")]
+    min_score: Option<f32>,
     /// Print one JSON object on stdout, for scripts (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
@@ -164,6 +170,14 @@ pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
         .with_context(|| format!("failed to open the engine in {}", dir.display()))
 }
 
+/// `--min-score`: a probability.
+fn min_score(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability from 0 to 1")),
+    }
+}
+
 /// How [`open`] indexes a folder with these options.
 fn index_options(setup: &Setup) -> Result<IndexOptions> {
     let embed = &setup.pipeline.embed;
@@ -229,7 +243,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 
     let searcher = open(&args.setup, !args.json)?;
     let start = Instant::now();
-    let ranked = searcher.rank(query, args.k as usize)?;
+    let ranked = match args.min_score {
+        Some(p) => searcher.rank_matching(query, args.k as usize, p)?,
+        None => searcher.rank(query, args.k as usize)?,
+    };
     print_results(args, &searcher, query, None, Ok(ranked), start.elapsed())
 }
 
@@ -302,12 +319,20 @@ fn print_results(
             elapsed.as_secs_f64() * 1e3
         ),
         None => println!(
-            "query: {query:?}, ranked by the engine ({}) in {:.0} ms\n",
+            "query: {query:?}, ranked by the engine ({}) in {:.0} ms; match: the probability that the photo \
+             matches, calibrated on graded pairs\n",
             searcher.engine().name(),
             elapsed.as_secs_f64() * 1e3
         ),
     }
-    println!("{:>4}  {:>6}  image", "rank", "score");
+    if results.is_empty() {
+        if let Some(p) = args.min_score {
+            println!("no photo matches well enough: none of the best has a probability of a match of at least {p}");
+            return Ok(());
+        }
+    }
+    let column = if like.is_some() { "like" } else { "match" };
+    println!("{:>4}  {column:>6}  image", "rank");
     for hit in &results {
         let shown = match &hit.path {
             Some(p) => p.display().to_string(),

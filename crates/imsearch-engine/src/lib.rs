@@ -40,8 +40,8 @@ mod web;
 pub use baselines::{Random, Regressor};
 pub use bridge::{Bridge, ClassifierHead};
 pub use engine::{
-    layout_name, ClassTexts, Engine, EngineData, ImagePart, MemberRecipe, MemberSpec, Recipe, ENGINE_FORMAT,
-    ENGINE_SCORER,
+    layout_name, match_features, Calibration, ClassTexts, Engine, EngineData, ImagePart, MemberRecipe, MemberSpec,
+    Recipe, ENGINE_FORMAT, ENGINE_SCORER,
 };
 pub use error::{Error, Result};
 pub use folder::{
@@ -54,4 +54,4 @@ pub use scorer::{
     combine, likeness, prepare_for_search, space_norms, BankNormalised, Columns, Ensemble, Fusion, Prepared, Scorer,
     BANK_Z_RANGE, PREPARE_BLOCK,
 };
-pub use searcher::{ImagePolicySource, Ranked, Searcher};
+pub use searcher::{ImagePolicySource, Ranked, Searcher, CANDIDATES_PER_RESULT};

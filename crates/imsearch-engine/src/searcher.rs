@@ -126,7 +126,9 @@ impl Searcher {
     }
 
     /// The `k` best images for `query` (not checked against the text policy: see
-    /// [`Searcher::search`]), best first, with the image policy's decision.
+    /// [`Searcher::search`]), best first by the engine's ranking score, each with the
+    /// calibrated probability that it matches ([`Engine::match_probabilities`]) as its score
+    /// and the image policy's decision.
     pub fn rank(&self, query: &str, k: usize) -> Result<Vec<Ranked>> {
         let query = query.trim();
         if query.is_empty() {
@@ -135,13 +137,29 @@ impl Searcher {
         let q = self.text_model.encode(&[query])?;
         let q = Tensor::from_vec(q.as_slice().to_vec(), (1, q.dim()), &Device::Cpu)?;
         let scores = self.engine.scorer().matrix(&self.prepared, &q)?.remove(0);
-        Ok(imsearch_index::top_k(&scores, k)
+        let top = imsearch_index::top_k(&scores, k);
+        // The ranking is the ensemble's (relative to this collection); the score shown is the
+        // calibrated probability of a match, which depends on the pair alone.
+        let rows: Vec<usize> = top.iter().map(|hit| hit.row).collect();
+        let probabilities = self.engine.match_probabilities(&self.prepared.select(&rows)?, &q)?.remove(0);
+        Ok(rows
             .iter()
-            .map(|hit| {
-                let row = self.order[hit.row];
-                Ranked { row, score: hit.score, blocked: self.blocked[row].is_some() }
+            .zip(probabilities)
+            .map(|(&r, score)| {
+                let row = self.order[r];
+                Ranked { row, score, blocked: self.blocked[row].is_some() }
             })
             .collect())
+    }
+
+    /// Of the best `CANDIDATES_PER_RESULT * k` images for `query` in rank order, the first `k`
+    /// whose probability of a match is at least `min_score`: possibly none ("no photo matches
+    /// well enough"). Not checked against the text policy (see [`Searcher::search`]).
+    pub fn rank_matching(&self, query: &str, k: usize, min_score: f32) -> Result<Vec<Ranked>> {
+        let mut ranked = self.rank(query, k.saturating_mul(CANDIDATES_PER_RESULT))?;
+        ranked.retain(|r| r.score >= min_score);
+        ranked.truncate(k);
+        Ok(ranked)
     }
 
     /// Images whose preparation for the engine was read back from the folder's saved one
@@ -245,6 +263,10 @@ impl Searcher {
         self.policy_path.as_ref()
     }
 }
+
+/// How many ranked images [`Searcher::rank_matching`] looks at per result asked for: a pair's
+/// probability of a match mostly falls with its rank, not strictly.
+pub const CANDIDATES_PER_RESULT: usize = 4;
 
 /// Why every image is blocked when no image policy could be loaded.
 fn no_policy() -> BlockReason {

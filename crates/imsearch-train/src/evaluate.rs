@@ -18,8 +18,8 @@ use serde::Serialize;
 use crate::{
     build, caption_bank, default_recipe, neighbours_of,
     select::{
-        choose_bridge, choose_neighbours, correct_columns, fusion_members, index, normalised, validation_matrix,
-        ValidationSplit,
+        choose_bridge, choose_neighbours, correct_columns, fit_calibration, fusion_members, index, normalised,
+        validation_matrix, CalibrationReport, ValidationSplit,
     },
     Checkpoints, DataCounts, Embeddings, Error, Event, Result, Sources, TrainingData,
 };
@@ -83,6 +83,8 @@ pub struct Metrics {
     /// For the best scorer, each test query id and the 1-based rank of its image among the test
     /// images (ties count against the scorer).
     pub test_ranks: BTreeMap<String, usize>,
+    /// The engine's probability of a match, fitted on the validation pairs.
+    pub calibration: Option<CalibrationReport>,
 }
 
 /// A model under evaluation: its scorers and the text rows it reads (the text encoder's or
@@ -153,13 +155,18 @@ pub fn evaluate(
     // More splits of the training images (the next seeds), for the ensemble's choices: one
     // split's 198 validation captions leave differences of 0.02 in MRR to chance. Each split
     // has its own fusion models and neighbours; their validation captions are pooled.
-    let mut splits = vec![ValidationSplit { p: p.clone(), group: group.clone() }];
+    let mut splits = vec![ValidationSplit {
+        p: p.clone(),
+        group: group.clone(),
+        members: members.iter().map(|m| m.scorer.clone()).collect(),
+    }];
     for k in 1..u64::from(config.validation_splits) {
         let ck = ck.with_seed(seed + k);
         on_event(Event::ValidationSplit { number: k + 1, of: config.validation_splits, seed: ck.options.seed });
         let q = Arc::new(TrainingData::new(ds, emb, &ck.options)?);
         let members = fusion_members(&q, &ck, config.members, false, on_event)?;
-        splits.push(ValidationSplit { p: q, group: Arc::new(Ensemble::equal(members.into_iter().map(|m| m.scorer))) });
+        let members: Vec<Arc<dyn Scorer>> = members.into_iter().map(|m| m.scorer).collect();
+        splits.push(ValidationSplit { p: q, group: Arc::new(Ensemble::equal(members.clone())), members });
     }
     let pooled_queries: usize = splits.iter().map(|s| s.p.validation.positives.len()).sum();
 
@@ -198,6 +205,11 @@ pub fn evaluate(
         first,
     });
 
+    // The probability of a match: the parts' scores of each labelled validation pair mapped
+    // to its label, every split pooled.
+    let calibration = fit_calibration(&splits, &banks, &bridge_bn, hood, w)?;
+    on_event(Event::Calibrated { report: &calibration });
+
     // The engine: the recipe chosen above, built from the models retrained on every training
     // image, saved for search, serve and the demo.
     let recipe = Recipe {
@@ -209,6 +221,7 @@ pub fn evaluate(
         neighbours: hood,
         bridge_temperature,
         class_texts,
+        calibration: calibration.calibration,
     };
     if recipe != default_recipe(&p.image_parts) {
         on_event(Event::RecipeDiffers { recipe: &recipe });
@@ -242,6 +255,7 @@ pub fn evaluate(
     }
     let mut metrics = test(ds, emb, &p, &entries, &best, validation)?;
     metrics.seed = seed;
+    metrics.calibration = Some(calibration);
     metrics.engine = engine_dir.display().to_string();
     Ok(metrics)
 }
@@ -314,6 +328,7 @@ fn test(
         test_image_preparation_ms,
         engine: String::new(),
         test_ranks,
+        calibration: None,
     })
 }
 

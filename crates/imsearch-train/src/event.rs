@@ -86,6 +86,10 @@ pub enum Event<'a> {
     RecipeDiffers {
         recipe: &'a Recipe,
     },
+    /// The probability of a match was fitted on the validation pairs.
+    Calibrated {
+        report: &'a crate::select::CalibrationReport,
+    },
     /// The engine was built and saved in `dir`.
     EngineBuilt {
         seconds: f64,
@@ -142,6 +146,18 @@ impl fmt::Display for Event<'_> {
                  (both bank-normalised; validation MRR {pooled:.3} over {captions} captions of {splits} splits, \
                  {first:.3} on the first)",
                 w[1], hood.k, hood.temperature, w[2]
+            ),
+            Event::Calibrated { report } => write!(
+                f,
+                "match probability fitted on {} validation pairs: expected calibration error over deciles {:.3} \
+                 (held-out splits {:.3}; largest decile gap {:.3}), was {:.3} for the fusion model's own probability \
+                 and {:.3} for the ranking score search showed",
+                report.pairs,
+                report.after.ece,
+                report.after_held_out.ece,
+                report.after_held_out.max_gap,
+                report.before_fusion.ece,
+                report.before_shown.ece
             ),
             Event::RecipeDiffers { recipe } => write!(
                 f,

@@ -35,3 +35,4 @@ pub use data::{rows, DataCounts, Embeddings, ImageEmbeddings, TrainingData, CONF
 pub use error::{Error, Result};
 pub use evaluate::{evaluate, EvalConfig, Metrics, ModelMetrics, Validation};
 pub use event::Event;
+pub use select::{CalibrationFigures, CalibrationReport};

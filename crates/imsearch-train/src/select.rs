@@ -6,8 +6,11 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use candle::{Device, Tensor};
 use imsearch_engine::{
-    select, BankNormalised, Bridge, ClassTexts, ClassifierHead, Columns, Fusion, Neighbourhood, Neighbours, Scorer,
+    match_features, select, BankNormalised, Bridge, Calibration, ClassTexts, ClassifierHead, Columns, Fusion,
+    Neighbourhood, Neighbours, Scorer,
 };
+use imsearch_eval::{expected_calibration_error, fit_logistic, reliability, Bin};
+use serde::Serialize;
 
 use crate::{neighbours_of, Checkpoints, Embeddings, Error, Event, Result, TrainingData};
 
@@ -41,6 +44,8 @@ pub(crate) fn correct_columns(p: &TrainingData) -> Vec<usize> {
 pub(crate) struct ValidationSplit {
     pub(crate) p: Arc<TrainingData>,
     pub(crate) group: Arc<dyn Scorer>,
+    /// The fusion members `group` weighs equally.
+    pub(crate) members: Vec<Arc<dyn Scorer>>,
 }
 
 impl ValidationSplit {
@@ -197,4 +202,159 @@ pub(crate) fn choose_neighbours(
     let (hood, weights, pooled) = best.ok_or(Error::Empty("no neighbours setting"))?;
     let gallery = galleries.into_iter().next().ok_or(Error::Empty("no validation split"))?.with(hood);
     Ok(NeighbourChoice { hood, weights, pooled, gallery })
+}
+
+/// The calibration's L2 penalty: small, for a well-posed fit on thousands of pairs.
+const CALIBRATION_L2: f64 = 1e-3;
+
+/// Bins of the reliability tables (deciles).
+const CALIBRATION_BINS: usize = 10;
+
+/// How well one predictor of the match probability agrees with the labels of the validation
+/// pairs: the deciles of its predictions with their mean label.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationFigures {
+    /// Expected calibration error over the deciles.
+    pub ece: f64,
+    /// The largest gap between a decile's mean prediction and mean label.
+    pub max_gap: f64,
+    pub deciles: Vec<Bin>,
+}
+
+impl CalibrationFigures {
+    fn of(predicted: &[f64], labels: &[f64]) -> Result<Self> {
+        let deciles = reliability(predicted, labels, CALIBRATION_BINS);
+        let ece = expected_calibration_error(&deciles).ok_or(Error::Empty("no validation pairs to calibrate on"))?;
+        let max_gap = deciles.iter().map(Bin::gap).fold(0.0, f64::max);
+        Ok(CalibrationFigures { ece, max_gap, deciles })
+    }
+}
+
+/// The engine's calibration as fitted on the labelled validation pairs of every split pooled,
+/// with what it changed (`metrics.json`'s `calibration`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationReport {
+    pub calibration: Calibration,
+    /// Labelled validation pairs, every split pooled.
+    pub pairs: usize,
+    /// The fusion model's own probability (its sigmoid), which the pair scores report.
+    pub before_fusion: CalibrationFigures,
+    /// The ensemble's 0..1 ranking score that search showed, over each split's validation
+    /// images (it is z-scored over the collection searched).
+    pub before_shown: CalibrationFigures,
+    /// The calibration fitted on every split, on the same pairs.
+    pub after: CalibrationFigures,
+    /// Each split's pairs under the calibration fitted on the other splits alone.
+    pub after_held_out: CalibrationFigures,
+}
+
+/// One split's labelled validation pairs: the calibration's inputs, the labels, and the two
+/// scores it replaces.
+struct CalibrationPairs {
+    features: Vec<[f32; 3]>,
+    labels: Vec<f64>,
+    fusion: Vec<f64>,
+    shown: Vec<f64>,
+}
+
+/// Every labelled validation pair of `split` scored by the parts of the engine trained on its
+/// training side: the members, the bank-normalised neighbours and bridge; `weights` are the
+/// ensemble's.
+fn calibration_pairs(
+    split: &ValidationSplit,
+    neighbours: &dyn Scorer,
+    bridge: &dyn Scorer,
+    weights: [f32; 3],
+) -> Result<CalibrationPairs> {
+    let p = &split.p;
+    let set = &p.validation;
+    let column: BTreeMap<usize, usize> = set.candidates.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let text_rows: Vec<usize> =
+        set.pairs.iter().map(|x| x.1).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let text_at: BTreeMap<usize, usize> = text_rows.iter().enumerate().map(|(k, &t)| (t, k)).collect();
+    let images = p.images.index_select(&index(&set.candidates)?, 0)?;
+    let texts = p.texts.index_select(&index(&text_rows)?, 0)?;
+    let matrix = |s: &dyn Scorer| -> Result<Vec<Vec<f32>>> { Ok(s.matrix(&s.prepare(&images)?, &texts)?) };
+    let members = split.members.iter().map(|m| matrix(m.as_ref())).collect::<Result<Vec<_>>>()?;
+    let (nb, br) = (matrix(neighbours)?, matrix(bridge)?);
+    let features = match_features(&members, &nb, &br);
+    let shown = shown_scores(&[split_group_matrix(&members), nb, br], &weights);
+    let mut out = CalibrationPairs { features: Vec::new(), labels: Vec::new(), fusion: Vec::new(), shown: Vec::new() };
+    for &(i, t, label) in &set.pairs {
+        let (Some(&c), Some(&r)) = (column.get(&i), text_at.get(&t)) else {
+            return Err(Error::Empty("a validation pair whose image is not a validation candidate"));
+        };
+        out.features.push(features[r][c]);
+        out.labels.push(f64::from(label));
+        out.fusion.push(f64::from(members.first().map_or(0.5, |m| m[r][c])));
+        out.shown.push(f64::from(shown[r][c]));
+    }
+    Ok(out)
+}
+
+/// The members' ensemble matrix (equal weights, z-scored per text), as the engine's first part.
+fn split_group_matrix(members: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
+    imsearch_engine::combine(members, &vec![1.0; members.len()])
+}
+
+/// The ensemble's 0..1 score as search showed it: the parts z-scored per text over the
+/// collection, weighed, then `0.5 + atan(z / sum of weights) / pi` (as `Ensemble::matrix`).
+fn shown_scores(mats: &[Vec<Vec<f32>>], weights: &[f32; 3]) -> Vec<Vec<f32>> {
+    let total: f32 = weights.iter().sum();
+    let mut out = imsearch_engine::combine(mats, weights);
+    for z in out.iter_mut().flatten() {
+        *z = 0.5 + (*z / total).atan() / std::f32::consts::PI;
+    }
+    out
+}
+
+fn as_f64(f: &[f32; 3]) -> Vec<f64> {
+    f.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// Fits the engine's [`Calibration`] on the labelled validation pairs of every split pooled
+/// (their neighbours over each split's training side, `hood`; `banks` and `bridges` as in
+/// [`choose_neighbours`]) and reports it against the scores it replaces, in-sample and with
+/// each split held out.
+pub(crate) fn fit_calibration(
+    splits: &[ValidationSplit],
+    banks: &[Tensor],
+    bridges: &[Arc<dyn Scorer>],
+    hood: Neighbourhood,
+    weights: [f32; 3],
+) -> Result<CalibrationReport> {
+    let mut per_split = Vec::with_capacity(splits.len());
+    for ((split, bank), bridge) in splits.iter().zip(banks).zip(bridges) {
+        let neighbours: Arc<dyn Scorer> = Arc::new(neighbours_of(&split.p, false, hood)?);
+        per_split.push(calibration_pairs(split, normalised(&neighbours, bank).as_ref(), bridge.as_ref(), weights)?);
+    }
+    let fit = |parts: &[&CalibrationPairs]| -> Result<Calibration> {
+        let x: Vec<Vec<f64>> = parts.iter().flat_map(|p| p.features.iter().map(as_f64)).collect();
+        let y: Vec<f64> = parts.iter().flat_map(|p| p.labels.iter().copied()).collect();
+        let l = fit_logistic(&x, &y, CALIBRATION_L2).ok_or(Error::Empty("a calibration that does not converge"))?;
+        let w = |k: usize| l.weights.get(k).copied().unwrap_or(0.0) as f32;
+        Ok(Calibration { weights: [w(0), w(1), w(2)], bias: l.bias as f32 })
+    };
+    let all: Vec<&CalibrationPairs> = per_split.iter().collect();
+    let calibration = fit(&all)?;
+    let predict = |c: &Calibration, p: &CalibrationPairs| -> Vec<f64> {
+        p.features.iter().map(|f| f64::from(c.probability(*f))).collect()
+    };
+    let mut held_out = Vec::new();
+    for (k, pairs) in per_split.iter().enumerate() {
+        let others: Vec<&CalibrationPairs> =
+            per_split.iter().enumerate().filter(|(j, _)| *j != k).map(|x| x.1).collect();
+        let c = if others.is_empty() { calibration } else { fit(&others)? };
+        held_out.extend(predict(&c, pairs));
+    }
+    let pooled = |f: &dyn Fn(&CalibrationPairs) -> Vec<f64>| -> Vec<f64> { per_split.iter().flat_map(f).collect() };
+    let labels = pooled(&|p| p.labels.clone());
+    Ok(CalibrationReport {
+        calibration,
+        pairs: labels.len(),
+        before_fusion: CalibrationFigures::of(&pooled(&|p| p.fusion.clone()), &labels)?,
+        before_shown: CalibrationFigures::of(&pooled(&|p| p.shown.clone()), &labels)?,
+        after: CalibrationFigures::of(&pooled(&|p| predict(&calibration, p)), &labels)?,
+        after_held_out: CalibrationFigures::of(&held_out, &labels)?,
+    })
 }

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, collections::HashMap, path::Path, sync::Arc};
 use candle::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use imsearch_engine::{
-    Bridge, ClassTexts, ClassifierHead, Engine, EngineData, Error, ImagePart, MemberRecipe, Neighbourhood, Neighbours,
-    Recipe, Scorer,
+    Bridge, Calibration, ClassTexts, ClassifierHead, Engine, EngineData, Error, ImagePart, MemberRecipe, Neighbourhood,
+    Neighbours, Recipe, Scorer, ENGINE_FORMAT,
 };
 use imsearch_fusion::{FusionConfig, FusionModel};
 use rand::{Rng, SeedableRng};
@@ -90,6 +90,7 @@ fn toy(dir: &Path) -> (Engine, Tensor, Tensor) {
         neighbours: Neighbourhood { k: 3, temperature: 0.5 },
         bridge_temperature: 1.0,
         class_texts: ClassTexts::Sentences,
+        calibration: Calibration { weights: [1.0, 0.5, 0.5], bias: -1.0 },
     };
     let engine = Engine::new(EngineData {
         image_layout: layout,
@@ -159,11 +160,12 @@ fn an_engine_for_other_encoders_or_another_format_is_a_clear_error() {
     let err = Engine::load(&dir, "a@center+b@center", "minilm").unwrap_err().to_string();
     assert!(err.contains(TEXT) && err.contains("minilm"), "{err}");
     let spec = dir.join("engine.json");
-    let text = std::fs::read_to_string(&spec).unwrap().replacen("\"format\": 1", "\"format\": 99", 1);
+    let text =
+        std::fs::read_to_string(&spec).unwrap().replacen(&format!("\"format\": {ENGINE_FORMAT}"), "\"format\": 99", 1);
     std::fs::write(&spec, text).unwrap();
     let err = Engine::load(&dir, "a@center+b@center", TEXT).unwrap_err();
-    assert!(matches!(err, Error::Format { found: 99, expected: 1, .. }), "{err:?}");
-    assert!(err.to_string().contains("99") && err.to_string().contains("format 1"), "{err}");
+    assert!(matches!(err, Error::Format { found: 99, expected: ENGINE_FORMAT, .. }), "{err:?}");
+    assert!(err.to_string().contains("99") && err.to_string().contains(&format!("format {ENGINE_FORMAT}")), "{err}");
     std::fs::remove_file(&spec).unwrap();
     assert!(matches!(Engine::load(&dir, "a@center+b@center", TEXT), Err(Error::Read { .. })));
 }
@@ -308,4 +310,34 @@ fn more_like_this_finds_the_photo_itself_and_its_copy_first() {
     for (a, b) in from_outside.iter().zip(&from_inside) {
         assert!((a - b).abs() < 1e-3, "{from_outside:?} against {from_inside:?}");
     }
+}
+
+#[test]
+fn the_match_probability_depends_on_the_pair_alone_not_on_the_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, queries, collection) = toy(dir.path());
+    let scorer = engine.scorer();
+    let prepared = scorer.prepare(&collection).unwrap().without_features();
+    let all = engine.match_probabilities(&prepared, &queries).unwrap();
+    assert_eq!((all.len(), all[0].len()), (4, 5));
+    assert!(all.iter().flatten().all(|p| (0.0..=1.0).contains(p)), "{all:?}");
+    // The same pairs among fewer images, in another order, or prepared alone: the same
+    // probabilities (the ranking score, z-scored over the collection, would change).
+    let some = engine.match_probabilities(&prepared.select(&[3, 1]).unwrap(), &queries).unwrap();
+    let alone =
+        engine.match_probabilities(&scorer.prepare(&collection.narrow(0, 1, 1).unwrap()).unwrap(), &queries).unwrap();
+    for q in 0..4 {
+        assert!((some[q][0] - all[q][3]).abs() < 1e-5 && (some[q][1] - all[q][1]).abs() < 1e-5, "{some:?} {all:?}");
+        assert!((alone[q][0] - all[q][1]).abs() < 1e-3, "{alone:?} {all:?}");
+    }
+    // Not a constant: the pairs get different probabilities.
+    let (lo, hi) = all.iter().flatten().fold((1f32, 0f32), |(l, h), &p| (l.min(p), h.max(p)));
+    assert!(hi - lo > 1e-3, "{all:?}");
+    // The calibration is what the recipe says: sigmoid of the weighted features.
+    let c = Calibration { weights: [1.0, 0.0, 0.0], bias: 0.0 };
+    assert!((c.probability([0.0, 5.0, -5.0]) - 0.5).abs() < 1e-6);
+    assert!(c.probability([2.0, 0.0, 0.0]) > c.probability([1.0, 0.0, 0.0]));
+    let f = imsearch_engine::match_features(&[vec![vec![0.5, 0.9]]], &[vec![0.5, 0.6]], &[vec![0.5, 0.4]]);
+    assert_eq!(f[0][0], [0.0, 0.0, 0.0]);
+    assert!((f[0][1][0] - (0.9f32 / 0.1).ln()).abs() < 1e-4 && (f[0][1][1] - 10.0).abs() < 1e-3, "{f:?}");
 }

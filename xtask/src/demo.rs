@@ -114,8 +114,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         title: format!("imsearch demo: {n} random test queries"),
         intro: format!(
             "Each of {n} test queries drawn at random (seed {seed}) against the {n_images} test images, ranked by the \
-             engine: {name} (the saved engine of `cargo xtask eval`, {members} fusion models; score 0 to 1, \
-             rank-preserving). Green frame: the correct image, the one the query was written for; when it ranks \
+             engine: {name} (the saved engine of `cargo xtask eval`, {members} fusion models); each score is the \
+             probability that the photo matches the query (0 to 1, calibrated on graded validation pairs). Green frame: the correct image, the one the query was written for; when it ranks \
              below the top {top}, it is shown last with its rank. Compliance: a query that names a child gets the \
              disclaimer and no images; an image the image policy blocks is replaced by the disclaimer and keeps its \
              rank. The whole contact sheet is demo.png in this folder."
@@ -207,10 +207,15 @@ fn rank_queries(
                     RankedImage { rank, score, shown, correct: Some(row) == correct }
                 };
                 let hits = imsearch_index::top_k(&scores, args.top as usize);
-                let top: Vec<_> = hits.iter().enumerate().map(|(r, h)| ranked(h.row, h.score, r + 1)).collect();
                 let correct_rank = correct.map(|c| imsearch_eval::rank_of(&scores, c));
-                let correct_below = match (correct, correct_rank) {
-                    (Some(c), Some(rank)) if !top.iter().any(|r| r.correct) => Some(ranked(c, scores[c], rank)),
+                // Ranked by the engine; each shown with its calibrated probability of a match.
+                let mut rows: Vec<usize> = hits.iter().map(|h| h.row).collect();
+                rows.extend(correct);
+                let matches = engine.match_probabilities(&images.select(&rows)?, &text)?.remove(0);
+                let top: Vec<_> =
+                    hits.iter().zip(&matches).enumerate().map(|(r, (h, &p))| ranked(h.row, p, r + 1)).collect();
+                let correct_below = match (correct, correct_rank, matches.last()) {
+                    (Some(c), Some(rank), Some(&p)) if !top.iter().any(|r| r.correct) => Some(ranked(c, p, rank)),
                     _ => None,
                 };
                 Outcome::Ranked { top, correct_below, correct_rank }

@@ -41,7 +41,7 @@ const TARGET_PRECISION: f64 = 0.60;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     data: Option<PathBuf>,
     #[command(flatten)]
     models: ModelsArg,
@@ -126,7 +126,7 @@ impl PolicyOpts {
 
 /// Where the image policy of `seed` is kept.
 pub(crate) fn policy_path(embed: &EmbedOpts, seed: u64) -> PathBuf {
-    paths::resolve(&embed.workdir).join("checkpoints").join(format!("compliance-seed{seed}.json"))
+    embed.workdir().join("checkpoints").join(format!("compliance-seed{seed}.json"))
 }
 
 /// The checkpoint at `path`; `None` when there is none, an error when it is unreadable or of
@@ -323,7 +323,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         seeds,
     };
     print_report(&report);
-    let path = paths::resolve(&args.embed.workdir).join("compliance.json");
+    let path = args.embed.workdir().join("compliance.json");
     paths::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     println!("\nwrote {}", path.display());
     Ok(())

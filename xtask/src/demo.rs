@@ -76,7 +76,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let (engine, engine_dir, built) = engine::ensure(&args.pipeline, true, Some((&ds, &emb)))?;
     let what = format!("{} {}", if built { "built" } else { "reused" }, engine_dir.display());
     steps.push(("engine", what, t.elapsed()));
-    let metrics_path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");
+    let metrics_path = args.pipeline.embed.workdir().join("metrics.json");
     let (metrics_note, metrics) = metrics(&metrics_path, &engine_dir);
 
     let t = Instant::now();

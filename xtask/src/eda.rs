@@ -17,7 +17,7 @@ use crate::paths;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     data: Option<PathBuf>,
     /// Where the page, the plots and summary.json go.
     #[arg(long, value_name = "DIR", default_value = "target/eda")]

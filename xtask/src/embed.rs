@@ -33,12 +33,19 @@ pub(crate) struct EmbedOpts {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub(crate) batch: usize,
-    /// Where embeddings and checkpoints are kept.
-    #[arg(long, value_name = "DIR", default_value = "target/imsearch")]
-    pub(crate) workdir: PathBuf,
+    /// Where embeddings, folder indexes, checkpoints, the saved engine and the reports'
+    /// figures are kept (default: the user's data directory, $XDG_DATA_HOME/imsearch or
+    /// ~/.local/share/imsearch on Linux; outside `target/`, so `cargo clean` keeps them).
+    #[arg(long, value_name = "DIR", env = paths::WORKDIR_ENV)]
+    pub(crate) workdir: Option<PathBuf>,
 }
 
 impl EmbedOpts {
+    /// The work directory: `--workdir`, else `$IMSEARCH_WORKDIR`, else the user's data directory.
+    pub(crate) fn workdir(&self) -> PathBuf {
+        paths::workdir(self.workdir.as_deref())
+    }
+
     /// The image encoders, in order; an unknown or repeated one is an error.
     pub(crate) fn kinds(&self) -> Result<Vec<EncoderKind>> {
         let mut kinds = Vec::new();
@@ -75,7 +82,7 @@ impl EmbedOpts {
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     data: Option<PathBuf>,
     #[command(flatten)]
     models: ModelsArg,
@@ -103,7 +110,7 @@ pub(crate) struct Embeddings {
 }
 
 pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> Result<Embeddings> {
-    let dir = paths::resolve(&opts.workdir).join("embeddings");
+    let dir = opts.workdir().join("embeddings");
     let views = opts.views()?;
     let mut images = Vec::new();
     for kind in opts.kinds()? {

@@ -19,7 +19,7 @@ use crate::{
 /// Where the engine of these options is kept: `<workdir>/engine-seed<seed>-<options digest>`.
 pub(crate) fn engine_dir(pipeline: &Pipeline) -> PathBuf {
     let digest = pipeline.checkpoints(false).digest();
-    crate::paths::resolve(&pipeline.embed.workdir).join(format!("engine-seed{}-{digest}", pipeline.train.seed))
+    pipeline.embed.workdir().join(format!("engine-seed{}-{digest}", pipeline.train.seed))
 }
 
 /// The engine of these options when one is saved and loads; the error says why not.

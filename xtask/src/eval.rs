@@ -32,7 +32,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: &Args) -> Result<()> {
     let metrics = evaluate(args)?;
-    let path = paths::resolve(&args.pipeline.embed.workdir).join("metrics.json");
+    let path = args.pipeline.embed.workdir().join("metrics.json");
     paths::write_atomic(&path, serde_json::to_string_pretty(&metrics)?.as_bytes())?;
     print_table(&metrics);
     println!("\nbest on validation: {}", metrics.best);

@@ -43,6 +43,39 @@ fn checked(dir: PathBuf, source: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The environment variable that overrides the default work directory (`--workdir` wins).
+pub(crate) const WORKDIR_ENV: &str = "IMSEARCH_WORKDIR";
+
+/// Where earlier versions kept the work directory, relative to the workspace root.
+const OLD_WORKDIR: &str = "target/imsearch";
+
+/// The work directory: `flag` (from `--workdir` or [`WORKDIR_ENV`]; relative to the workspace
+/// root when relative), else `imsearch` in the user's data directory ($XDG_DATA_HOME or
+/// ~/.local/share on Linux), else (no such directory on this platform) `target/imsearch`.
+pub(crate) fn workdir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return resolve(dir);
+    }
+    let Some(data) = dirs::data_dir() else { return workspace_root().join(OLD_WORKDIR) };
+    let dir = data.join("imsearch");
+    let old = workspace_root().join(OLD_WORKDIR);
+    if !dir.exists() && old.is_dir() {
+        static NOTED: std::sync::Once = std::sync::Once::new();
+        NOTED.call_once(|| {
+            eprintln!(
+                "note: the work directory is now {} (outside target/, so `cargo clean` keeps it); an older one is at \
+                 {}: move it there to reuse its embeddings, indexes and models (`mv {} {}`), or pass --workdir {}",
+                dir.display(),
+                old.display(),
+                old.display(),
+                dir.display(),
+                old.display()
+            )
+        });
+    }
+    dir
+}
+
 /// `path` made absolute against the workspace root when relative.
 pub(crate) fn resolve(path: &Path) -> PathBuf {
     if path.is_absolute() {

@@ -81,7 +81,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
     let library = match &args.library {
         Some(dir) => dir.clone(),
-        None => paths::resolve(&pipeline.embed.workdir).join("scale-library"),
+        None => pipeline.embed.workdir().join("scale-library"),
     };
 
     // The engine and the image policy first (built if missing), so the timings below are of

@@ -185,7 +185,7 @@ fn index_options(setup: &Setup) -> Result<IndexOptions> {
         encoders: embed.kinds()?.into_iter().map(|k| (k, embed.image_model_id(k))).collect(),
         views: embed.views()?,
         batch: embed.batch,
-        cache_root: paths::resolve(&embed.workdir).join("index"),
+        cache_root: embed.workdir().join("index"),
     })
 }
 

@@ -81,7 +81,7 @@ impl TrainOpts {
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Pipeline {
     /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     pub(crate) data: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) models: ModelsArg,
@@ -95,7 +95,7 @@ impl Pipeline {
     /// The fusion checkpoints of these options, under `<workdir>/checkpoints`.
     pub(crate) fn checkpoints(&self, retrain: bool) -> Checkpoints {
         Checkpoints {
-            dir: paths::resolve(&self.embed.workdir).join("checkpoints"),
+            dir: self.embed.workdir().join("checkpoints"),
             image_encoders: self.embed.image_encoders.clone(),
             views: self.embed.views.clone(),
             options: self.train.options(),

@@ -93,3 +93,19 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(imsearch_fsio::write_bytes_atomic(path, bytes)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_directory_is_the_flag_else_the_users_data_directory_never_target() {
+        assert_eq!(workdir(Some(Path::new("/tmp/w"))), PathBuf::from("/tmp/w"));
+        assert_eq!(workdir(Some(Path::new("rel"))), workspace_root().join("rel"));
+        let default = workdir(None);
+        if let Some(data) = dirs::data_dir() {
+            assert_eq!(default, data.join("imsearch"));
+            assert!(!default.starts_with(workspace_root().join("target")), "{}", default.display());
+        }
+    }
+}

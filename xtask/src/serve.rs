@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use imsearch_engine::Searcher;
-use imsearch_web::{Backend, Limits};
+use imsearch_web::{Backend, Config, Limits};
 
 use crate::search::Setup;
 
@@ -30,6 +30,12 @@ pub(crate) fn backend(setup: &Setup) -> Result<Arc<Searcher>> {
     }
     eprintln!("index: {summary}");
     Ok(Arc::new(searcher))
+}
+
+/// The web crate's configuration for `searcher`: the default limits, thumbnails cached in
+/// `thumbs/` beside the folder index's caches.
+pub(crate) fn config(searcher: &Searcher) -> Config {
+    Config { limits: Limits::default(), thumbnail_dir: Some(searcher.summary().cache_dir.join("thumbs")) }
 }
 
 /// A multi-threaded tokio runtime for the server.
@@ -61,8 +67,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             backend.indexed(),
             backend.engine().name()
         );
-        println!("API: http://{addr}/api/search?q=two+dogs+play+in+the+snow&k=10");
-        let app = imsearch_web::router(backend, Limits::default());
+        println!("API: http://{addr}/api/search?q=two+dogs+play+in+the+snow&k=10 (&page=2, &min_score=0.5)");
+        println!("     http://{addr}/api/similar?id=0&k=10 (more like image 0)");
+        let config = config(&backend);
+        if let Some(dir) = &config.thumbnail_dir {
+            println!("thumbnails cached in {}", dir.display());
+        }
+        let app = imsearch_web::router(backend, config);
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             eprintln!("stopping");

@@ -1,14 +1,18 @@
 //! `cargo xtask web-check`: the search server under a bounded load test, then in a real browser.
 //!
 //! The server runs in process on a free loopback port with the real models (trained first when
-//! missing). The load test sends the test queries, image fetches by id and malformed requests from
-//! many threads at once and checks every status; the browser test types a query into the page in
-//! headless Chromium and checks it shows as many images and disclaimer tiles as the API answered,
-//! then that a query naming a child shows the disclaimer and no image. The machinery is
-//! `imsearch_web::check`; this job chooses the queries and the statuses, prints and writes files.
+//! missing). The load test sends the test queries, "more like this" requests, image and thumbnail
+//! fetches by id and malformed requests from many threads at once and checks every status; the
+//! browser test types a query into the page in headless Chromium and checks it shows what the API
+//! answered (lazily loaded thumbnails named by their file names, disclaimer tiles), then that a
+//! query naming a child shows the disclaimer and no image, that a shared link's `k` is honoured,
+//! that the "next" control shows other results, that "similar" shows the photos most like one,
+//! and that a strict threshold shows only what passes it or says no photo matches well enough.
+//! The machinery is `imsearch_web::check`; this job chooses the queries and the statuses, prints
+//! and writes files.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -19,8 +23,8 @@ use imsearch_compliance::{Decision, TextPolicy};
 use imsearch_data::Dataset;
 use imsearch_engine::Searcher;
 use imsearch_web::{
-    check::{self, image_path, search_path, LoadRequest, Page},
-    Backend, Limits,
+    check::{self, image_path, search_path, similar_path, thumb_path, LoadRequest, Page},
+    Backend, DISCLAIMER,
 };
 
 use crate::{embed, paths, search::Setup, serve, train};
@@ -72,7 +76,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         .context("failed to listen on a loopback port")?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = imsearch_web::router(backend.clone(), Limits::default());
+    let app = imsearch_web::router(backend.clone(), serve::config(&backend));
     let server = runtime.spawn(imsearch_web::serve(listener, app, async {
         let _ = stopped.await;
     }));
@@ -106,7 +110,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             Some(q) => q.clone(),
             None => mixed_query(addr, &queries)?,
         };
-        browser_test(addr, images, &query, args, &out)
+        browser_test(addr, &backend, &queries, &query, args, &out)
     })();
     let _ = stop.send(());
     runtime.block_on(server).context("the server task failed")?.context("the server failed")?;
@@ -121,19 +125,32 @@ fn nth_request(
     blocked: impl Fn(usize) -> Option<bool>,
     policy: &TextPolicy,
 ) -> LoadRequest {
+    // Images by id, shown or blocked; one in five asks for an id that does not exist.
+    let id = (i / 10) % (images + images / 4 + 1);
     match i % 10 {
-        // Images by id, shown or blocked; one in five asks for an id that does not exist.
+        // More like an image: a blocked example gets the disclaimer (200), no image a 404.
+        6 => LoadRequest::new("similar", similar_path(id as u64, 10), if id < images { 200 } else { 404 }),
         7 | 8 => {
-            let id = (i / 10) % (images + images / 4 + 1);
             let status = match blocked(id) {
                 Some(false) => 200,
                 Some(true) => 451,
                 None => 404,
             };
-            LoadRequest::new("image", image_path(id as u64), status)
+            match i % 10 {
+                7 => LoadRequest::new("image", image_path(id as u64), status),
+                _ => LoadRequest::new("thumb", thumb_path(id as u64), status),
+            }
         }
-        // A malformed request.
-        9 => LoadRequest::new("bad_request", search_path(&queries[i % queries.len()], 0), 400),
+        // A malformed request: k, page or min_score out of range.
+        9 => {
+            let path = search_path(&queries[i % queries.len()], 10);
+            let path = match (i / 10) % 3 {
+                0 => path.replace("&k=10", "&k=0"),
+                1 => format!("{path}&page=0"),
+                _ => format!("{path}&min_score=2"),
+            };
+            LoadRequest::new("bad_request", path, 400)
+        }
         _ => {
             let q = &queries[(i * 7) % queries.len()];
             let kind = if matches!(policy.decide(q), Decision::Block(_)) { "search_blocked_query" } else { "search" };
@@ -191,7 +208,15 @@ fn mixed_query(addr: SocketAddr, queries: &[String]) -> Result<String> {
     bail!("no test query ranks both shown and blocked images in its top 10; pass --query")
 }
 
-fn browser_test(addr: SocketAddr, images: usize, query: &str, args: &Args, out: &Path) -> Result<()> {
+fn browser_test(
+    addr: SocketAddr,
+    backend: &Searcher,
+    queries: &[String],
+    query: &str,
+    args: &Args,
+    out: &Path,
+) -> Result<()> {
+    let images = backend.indexed();
     // What the page must show: the API's answer for the same queries.
     let expected = check::api_search(addr, query, 10)?;
     let shown = expected.results.iter().filter(|h| !h.blocked).count();
@@ -222,7 +247,10 @@ fn browser_test(addr: SocketAddr, images: usize, query: &str, args: &Args, out: 
     screenshot(&out.join("results.png"), &results.screenshot)?;
     results.verify(&expected)?;
     println!(
-        "web-check: the page shows {shown} images (all loaded) and {hidden} disclaimer tile(s); url {:?}",
+        "web-check: the page shows {shown} thumbnails (lazy, all loaded, at most {} px, captioned and alt-texted with \
+         their file names, e.g. {:?}) and {hidden} disclaimer tile(s); url {:?}",
+        imsearch_web::THUMB_SIDE,
+        results.names.first().map(String::as_str).unwrap_or_default(),
         results.url
     );
 
@@ -242,10 +270,137 @@ fn browser_test(addr: SocketAddr, images: usize, query: &str, args: &Args, out: 
     );
     linked.verify(&expected)?;
     println!("web-check: a link with k = {LINK_K} (not in the menu) shows its {} results", expected.results.len());
+
+    // More like the first shown result of the link's page.
+    let (example, alike) = page.similar(0)?;
+    screenshot(&out.join("similar.png"), &alike.screenshot)?;
+    let expected = check::api_get(addr, &alike.api_path())?;
+    ensure!(expected.like == Some(example), "the page's address after \"similar\" is {:?}", alike.url);
+    ensure!(!expected.results.is_empty(), "nothing is like image {example}");
+    alike.verify(&expected)?;
+    ensure!(!alike.thumbs.contains(&thumb_path(u64::from(example))), "the photos like image {example} include itself");
+    println!(
+        "web-check: \"similar\" on image {example} shows the {} most alike ({} shown, {} blocked); {:?}",
+        expected.results.len(),
+        alike.images,
+        alike.tiles,
+        alike.heading
+    );
+    if alike.images == 0 {
+        // Every photo like it is blocked: also open a shared link to the photos like a shown
+        // image whose likes include shown ones, to see their thumbnails.
+        let mut found = None;
+        for id in (0..images).filter(|&id| backend.is_blocked(id) == Some(false)) {
+            let answer = check::api_get(addr, &similar_path(id as u64, LINK_K))?;
+            if answer.results.iter().any(|h| !h.blocked) {
+                found = Some((id as u32, answer));
+                break;
+            }
+        }
+        let Some((id, expected)) = found else {
+            bail!("no shown image has a shown image among its {LINK_K} most alike")
+        };
+        let alike = page.open_like_link(id, LINK_K)?;
+        screenshot(&out.join("similar-link.png"), &alike.screenshot)?;
+        alike.verify(&expected)?;
+        println!(
+            "web-check: a link to the photos like image {id} shows {} thumbnails and {} disclaimer tile(s); {:?}",
+            alike.images, alike.tiles, alike.heading
+        );
+    }
+
+    // The next page of the link: the results after the first LINK_K, none of them on page 1.
+    page.open_link(query, LINK_K)?;
+    let second = page.next_page()?;
+    screenshot(&out.join("page-2.png"), &second.screenshot)?;
+    let expected = check::api_get(addr, &second.api_path())?;
+    ensure!(expected.page == 2 && expected.k == LINK_K, "the page's address after \"next\" is {:?}", second.url);
+    ensure!(!expected.results.is_empty(), "page 2 of {query:?} is empty over {images} images");
+    second.verify(&expected)?;
+    let first: HashSet<&String> = linked.thumbs.iter().collect();
+    ensure!(
+        second.thumbs.iter().all(|t| !first.contains(t)),
+        "page 2 shows images of page 1: {:?} and {:?}",
+        second.thumbs,
+        linked.thumbs
+    );
+    println!(
+        "web-check: \"next\" shows page 2 (results {}-{}, none of page 1's); url {:?}",
+        expected.results[0].rank,
+        expected.results[expected.results.len() - 1].rank,
+        second.url
+    );
+
+    // A blocked example: the disclaimer and no results, and no thumbnail of it either.
+    if let Some(id) = (0..images).find(|&id| backend.is_blocked(id) == Some(true)) {
+        let answer = check::api_get(addr, &similar_path(id as u64, 10))?;
+        ensure!(
+            answer.blocked && answer.results.is_empty() && answer.message.as_deref() == Some(DISCLAIMER),
+            "more like blocked image {id} answered {answer:?}"
+        );
+        let thumb = check::http_get(addr, &thumb_path(id as u64))?;
+        ensure!(thumb.status == 451, "the thumbnail of blocked image {id} answered {}", thumb.status);
+        println!("web-check: more like a blocked image (id {id}) is the disclaimer, its thumbnail a 451");
+    }
+
+    // Thresholds from the menu, over a query with a likely match (when a test query has one,
+    // else the one above): only results at or above them, possibly none.
+    let mut threshold_query = query;
+    for q in queries.iter().take(200) {
+        let answer = check::api_get(addr, &format!("{}&min_score={}", search_path(q, LINK_K), THRESHOLDS[0]))?;
+        if !answer.blocked && !answer.results.is_empty() {
+            threshold_query = q;
+            break;
+        }
+    }
+    if threshold_query != query {
+        let all = page.search(threshold_query)?;
+        all.verify(&check::api_get(addr, &all.api_path())?)?;
+    }
+    let mut said_no_match = false;
+    for threshold in THRESHOLDS {
+        let view = page.choose_threshold(threshold)?;
+        screenshot(&out.join(format!("threshold-{threshold}.png")), &view.screenshot)?;
+        let expected = check::api_get(addr, &view.api_path())?;
+        let min =
+            expected.min_score.with_context(|| format!("the page's address is {:?}, with no threshold", view.url))?;
+        ensure!(min.to_string() == threshold, "the page asked for threshold {min}, not {threshold}");
+        view.verify(&expected)?;
+        ensure!(expected.results.iter().all(|h| h.score >= min), "a result under {min}: {:?}", expected.results);
+        println!(
+            "web-check: threshold {threshold} shows {} result(s) for {threshold_query:?}, every one scoring at least it{}",
+            expected.results.len(),
+            if view.notice.is_some() { " (the page says no photo matches well enough)" } else { "" }
+        );
+        said_no_match |= view.notice.is_some();
+    }
+    if !said_no_match {
+        // A query that nothing passes: the page must say so rather than show an empty grid.
+        let mut none_pass = None;
+        for q in queries.iter().take(200) {
+            let answer = check::api_get(addr, &format!("{}&min_score={STRICT}", search_path(q, LINK_K)))?;
+            if !answer.blocked && answer.results.is_empty() {
+                none_pass = Some((q, answer));
+                break;
+            }
+        }
+        let Some((q, answer)) = none_pass else {
+            bail!("every test query tried has a photo scoring at least {STRICT}: the \"no photo matches\" notice is untested")
+        };
+        let nothing = page.search(q)?;
+        screenshot(&out.join("no-match.png"), &nothing.screenshot)?;
+        nothing.verify(&answer)?;
+        println!("web-check: {q:?} at threshold {STRICT} says {:?}", nothing.notice.unwrap_or_default());
+    }
     page.close();
     println!("web-check: browser test passed");
     Ok(())
 }
+
+/// The thresholds the browser test chooses on the page's menu, the strictest last.
+const THRESHOLDS: [&str; 2] = ["0.3", "0.9"];
+/// The strictest of them.
+const STRICT: &str = THRESHOLDS[1];
 
 /// The `k` of the shared link the browser test opens: a valid one the page's menu (5, 10, 20)
 /// lacks.
@@ -275,10 +430,29 @@ mod tests {
         let get = |i: usize| (mix[i].kind.as_str(), mix[i].path.as_str(), mix[i].expected);
         assert_eq!(get(0), ("search", "/api/search?q=two%20dogs&k=10", 200));
         assert_eq!(get(1), ("search_blocked_query", "/api/search?q=a%20boy%20on%20a%20bike&k=10", 200));
-        assert_eq!(get(9), ("bad_request", "/api/search?q=a%20boy%20on%20a%20bike&k=0", 400));
+        assert_eq!(
+            [get(9), get(19), get(29)],
+            [
+                ("bad_request", "/api/search?q=a%20boy%20on%20a%20bike&k=0", 400),
+                ("bad_request", "/api/search?q=a%20boy%20on%20a%20bike&k=10&page=0", 400),
+                ("bad_request", "/api/search?q=a%20boy%20on%20a%20bike&k=10&min_score=2", 400),
+            ]
+        );
         assert_eq!(
             [get(7), get(17), get(27)],
             [("image", "/images/0", 200), ("image", "/images/1", 451), ("image", "/images/2", 404)]
+        );
+        assert_eq!(
+            [get(8), get(18), get(28)],
+            [("thumb", "/thumbs/0", 200), ("thumb", "/thumbs/1", 451), ("thumb", "/thumbs/2", 404)]
+        );
+        assert_eq!(
+            [get(6), get(16), get(26)],
+            [
+                ("similar", "/api/similar?id=0&k=10", 200),
+                ("similar", "/api/similar?id=1&k=10", 200),
+                ("similar", "/api/similar?id=2&k=10", 404)
+            ]
         );
     }
 }

@@ -1,5 +1,5 @@
 //! A [`Searcher`] behind imsearch-web's API: the text policy on the query, the image policy on
-//! every result, images looked up by index row.
+//! every result and on the example of a "more like this", images looked up by index row.
 
 use imsearch_web::{Answer, Backend, ImageLookup, Ranked};
 
@@ -7,12 +7,11 @@ use crate::Searcher;
 
 impl Backend for Searcher {
     fn search(&self, query: &str, k: usize) -> Result<Answer, String> {
-        match Searcher::search(self, query, k).map_err(|e| crate::error::chain(&e))? {
-            Err(reason) => Ok(Answer::Blocked { reason: reason.to_string() }),
-            Ok(ranked) => Ok(Answer::Ranked(
-                ranked.iter().map(|r| Ranked { id: row_id(r.row), score: r.score, blocked: r.blocked }).collect(),
-            )),
-        }
+        Ok(answer(Searcher::search(self, query, k).map_err(|e| crate::error::chain(&e))?))
+    }
+
+    fn similar(&self, id: u32, k: usize) -> Result<Answer, String> {
+        Ok(answer(Searcher::similar(self, id as usize, k).map_err(|e| crate::error::chain(&e))?))
     }
 
     fn image(&self, id: u32) -> ImageLookup {
@@ -42,6 +41,25 @@ impl Backend for Searcher {
             imsearch_compliance::Decision::Block(reason) => Some(reason.to_string()),
             imsearch_compliance::Decision::Allow => None,
         }
+    }
+
+    /// The file name of a shown image (never of a blocked one, whoever asks).
+    fn name(&self, id: u32) -> Option<String> {
+        let row = id as usize;
+        if self.is_blocked(row) != Some(false) {
+            return None;
+        }
+        Some(self.path(row)?.file_name()?.to_string_lossy().into_owned())
+    }
+}
+
+/// A searcher's ranking (or the reason it has none) as the web API's answer.
+fn answer(ranking: Result<Vec<crate::Ranked>, imsearch_compliance::BlockReason>) -> Answer {
+    match ranking {
+        Err(reason) => Answer::Blocked { reason: reason.to_string() },
+        Ok(ranked) => Answer::Ranked(
+            ranked.iter().map(|r| Ranked { id: row_id(r.row), score: r.score, blocked: r.blocked }).collect(),
+        ),
     }
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Error, Result};
-use crate::{SearchResponse, DISCLAIMER};
+use crate::{Hit, SearchResponse, DISCLAIMER, NO_MATCH, THUMB_SIDE};
 
 /// The flags Chromium is started with, besides the DevTools port, a throwaway profile and the
 /// window size.
@@ -235,11 +235,16 @@ fn field(value: &Value, method: &str, key: &'static str) -> Result<String> {
 /// The page's status line, shown when waiting for it times out.
 const STATUS_JS: &str = "document.getElementById('status') && document.getElementById('status').textContent";
 
-/// What the page shows after a search, once every result image has finished loading.
+/// What the page shows after a search, once every result image has finished loading, or once it
+/// says that no photo matches well enough; `null` until then.
 const RESULTS_JS: &str = r#"(() => {
+  const notice = document.getElementById('no-match');
   const imgs = [...document.querySelectorAll('#results figure.hit img')];
   const tiles = [...document.querySelectorAll('#results figure.hit .disclaimer')];
-  if (imgs.length + tiles.length === 0 || !imgs.every(i => i.complete)) return null;
+  if (!notice && (imgs.length + tiles.length === 0 || !imgs.every(i => i.complete))) return null;
+  const shown = [...document.querySelectorAll('#results figure.hit:not(.blocked)')];
+  const text = (root, selector) => { const e = root.querySelector(selector); return e ? e.textContent : ''; };
+  const heading = document.getElementById('like-heading');
   return {
     loaded: imgs.filter(i => i.naturalWidth > 0).length,
     images: imgs.length,
@@ -247,8 +252,21 @@ const RESULTS_JS: &str = r#"(() => {
     tile_texts: tiles.map(t => t.textContent),
     tile_visible: tiles.every(t => t.getBoundingClientRect().height > 50),
     scores: [...document.querySelectorAll('#results .score')].map(s => s.textContent),
+    thumbs: imgs.map(i => i.getAttribute('src') || ''),
+    lazy: imgs.filter(i => i.loading === 'lazy').length,
+    alts: imgs.map(i => i.alt),
+    names: shown.map(f => text(f, '.name')),
+    links: shown.map(f => { const a = f.querySelector('a'); return a ? a.getAttribute('href') || '' : ''; }),
+    similar_buttons: shown.filter(f => f.querySelector('button.similar')).length,
+    blocked_names: document.querySelectorAll('#results figure.hit.blocked .name').length,
+    largest_side: Math.max(0, ...imgs.map(i => Math.max(i.naturalWidth, i.naturalHeight))),
+    notice: notice ? notice.textContent : null,
+    heading: heading ? heading.textContent : '',
   };
 })()"#;
+
+/// The page's current `page` parameter (1 when it has none).
+const PAGE_NUMBER_JS: &str = "+(new URLSearchParams(location.search).get('page') || 1)";
 
 /// imsearch-web's page (`GET /`) open in headless Chromium at 1280x1000.
 #[derive(Debug)]
@@ -291,16 +309,35 @@ impl Page {
         self.cdp.press_enter()
     }
 
-    /// Searches for `query` and waits (30 s at most) until results are shown and every result
-    /// image has loaded or failed; then takes a screenshot.
-    pub fn search(&mut self, query: &str) -> Result<ResultsView> {
-        self.type_query(query)?;
-        let state = self.cdp.wait_for("the results to render", RESULTS_JS, STATUS_JS, Duration::from_secs(30))?;
+    /// Waits (30 s at most) until `condition` (JavaScript) holds and the results have rendered
+    /// ([`RESULTS_JS`]); then takes a screenshot. The page clears what it showed as soon as it
+    /// starts a search, so results seen here are never the ones from before the action.
+    fn wait_results(&mut self, what: &str, condition: &str) -> Result<ResultsView> {
+        let expression = format!("({condition}) && {RESULTS_JS}");
+        let state = self.cdp.wait_for(what, &expression, STATUS_JS, Duration::from_secs(30))?;
         let mut view: ResultsView = serde_json::from_value(state.clone())
             .map_err(|source| Error::PageState { state: state.to_string(), source })?;
         view.screenshot = self.cdp.screenshot()?;
         view.url = self.cdp.eval("location.search")?.as_str().unwrap_or_default().to_owned();
         Ok(view)
+    }
+
+    /// Runs `script` (JavaScript that acts on the page and gives `true`, or a string saying
+    /// what it could not do, which becomes a [`Error::Mismatch`]).
+    fn act(&mut self, script: &str) -> Result<()> {
+        match self.cdp.eval(script)? {
+            Value::Bool(true) => Ok(()),
+            Value::String(why) => Err(Error::Mismatch(why)),
+            other => Err(Error::Mismatch(format!("the page answered {other} to {script}"))),
+        }
+    }
+
+    /// Searches for `query` and waits (30 s at most) until results are shown and every result
+    /// image has loaded or failed, or the page says no photo matches well enough; then takes a
+    /// screenshot.
+    pub fn search(&mut self, query: &str) -> Result<ResultsView> {
+        self.type_query(query)?;
+        self.wait_results("the results to render", "true")
     }
 
     /// Opens a shared link to `query`'s results with `k` of them (`/?q=...&k=...`) and waits
@@ -312,14 +349,77 @@ impl Page {
         // The new document, not the one before it: its address carries the link's `k`.
         let fresh = format!(
             "document.readyState === 'complete' && new URLSearchParams(location.search).get('k') === '{k}' && \
-             document.getElementById('k').value === '{k}' && {RESULTS_JS}"
+             document.getElementById('k').value === '{k}'"
         );
-        let state = self.cdp.wait_for("the linked results to render", &fresh, STATUS_JS, Duration::from_secs(30))?;
-        let mut view: ResultsView = serde_json::from_value(state.clone())
-            .map_err(|source| Error::PageState { state: state.to_string(), source })?;
-        view.screenshot = self.cdp.screenshot()?;
-        view.url = self.cdp.eval("location.search")?.as_str().unwrap_or_default().to_owned();
-        Ok(view)
+        self.wait_results("the linked results to render", &fresh)
+    }
+
+    /// Opens a shared link to the photos most like image `id`, `k` of them (`/?like=...&k=...`),
+    /// and waits (30 s at most) until the page has shown them; then takes a screenshot.
+    pub fn open_like_link(&mut self, id: u32, k: usize) -> Result<ResultsView> {
+        let url = format!("http://{}/?like={id}&k={k}", self.addr);
+        self.cdp.call("Page.navigate", json!({ "url": url }))?;
+        let fresh = format!(
+            "document.readyState === 'complete' && new URLSearchParams(location.search).get('like') === '{id}' && \
+             document.getElementById('k').value === '{k}'"
+        );
+        self.wait_results("the linked similar photos to render", &fresh)
+    }
+
+    /// Clicks the page's "next" control and waits (30 s at most) for the next page's results,
+    /// the page's address saying which page it is.
+    pub fn next_page(&mut self) -> Result<ResultsView> {
+        let page = self.cdp.eval(PAGE_NUMBER_JS)?.as_u64().unwrap_or(1);
+        self.act(
+            "(() => { const b = document.getElementById('next'); \
+             if (!b || b.offsetParent === null) return 'the page shows no \"next\" control'; \
+             if (b.disabled) return 'the page\\'s \"next\" control is disabled'; b.click(); return true; })()",
+        )?;
+        self.wait_results(
+            "the next page to render",
+            &format!("new URLSearchParams(location.search).get('page') === '{}'", page + 1),
+        )
+    }
+
+    /// Clicks the "similar" button of the `nth` shown result (from 0) and waits (30 s at most)
+    /// for the photos most like it. Returns the example's id (from its link to the original,
+    /// `/images/{id}`) and what the page shows.
+    pub fn similar(&mut self, nth: usize) -> Result<(u32, ResultsView)> {
+        let tile = format!("[...document.querySelectorAll('#results figure.hit:not(.blocked)')][{nth}]");
+        let href = self.cdp.eval(&format!(
+            "(() => {{ const f = {tile}; const a = f && f.querySelector('a'); return a ? a.getAttribute('href') : null; }})()"
+        ))?;
+        let href = href.as_str().unwrap_or_default();
+        let Some(id) = href.strip_prefix("/images/").and_then(|id| id.parse::<u32>().ok()) else {
+            return Err(Error::Mismatch(format!("shown result {nth} has no link to its original (found {href:?})")));
+        };
+        self.act(&format!(
+            "(() => {{ const f = {tile}; const b = f && f.querySelector('button.similar'); \
+             if (!b) return 'shown result {nth} has no \"similar\" button'; b.click(); return true; }})()"
+        ))?;
+        let view = self.wait_results(
+            "the similar photos to render",
+            &format!("new URLSearchParams(location.search).get('like') === '{id}'"),
+        )?;
+        Ok((id, view))
+    }
+
+    /// Chooses `value` in the page's threshold menu (as a person picks an option; an option
+    /// the menu lacks is an error) and waits (30 s at most) for the search in the box to be
+    /// shown again with it.
+    pub fn choose_threshold(&mut self, value: &str) -> Result<ResultsView> {
+        let v = json!(value);
+        self.act(&format!(
+            "(() => {{ const s = document.getElementById('min'); \
+             if (!s || s.tagName !== 'SELECT') return 'the page has no threshold menu'; \
+             const options = [...s.options].map(o => o.value); \
+             if (!options.includes({v})) return 'the threshold menu has no option ' + {v} + ': ' + JSON.stringify(options); \
+             s.value = {v}; s.dispatchEvent(new Event('change')); return true; }})()"
+        ))?;
+        self.wait_results(
+            "the results over the threshold to render",
+            &format!("new URLSearchParams(location.search).get('min_score') === {v}"),
+        )
     }
 
     /// Searches for `query`, which the backend blocks, and waits (30 s at most) for the query's
@@ -346,8 +446,8 @@ impl Page {
     }
 }
 
-/// What the page shows after a search.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the page shows after a search (or a "more like this").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultsView {
     /// Result images (`<img>`) on the page.
     pub images: usize,
@@ -358,8 +458,29 @@ pub struct ResultsView {
     pub tile_texts: Vec<String>,
     /// Every tile is taller than 50 px.
     pub tile_visible: bool,
-    /// The score labels, in page order (`score 0.912`).
+    /// The score labels, in page order (`score 0.912`, `likeness 0.803`).
     pub scores: Vec<String>,
+    /// Each result image's `src`, in page order (`/thumbs/7`).
+    pub thumbs: Vec<String>,
+    /// Result images that load lazily (`loading="lazy"`).
+    pub lazy: usize,
+    /// Each result image's alt text.
+    pub alts: Vec<String>,
+    /// Each shown result's file name in its caption (empty when none).
+    pub names: Vec<String>,
+    /// Each shown result's link to its original (empty when none).
+    pub links: Vec<String>,
+    /// Shown results with a "similar" button.
+    pub similar_buttons: usize,
+    /// File names on disclaimer tiles (there must be none).
+    pub blocked_names: usize,
+    /// The longest side of the largest result image as loaded, in pixels.
+    pub largest_side: u32,
+    /// The notice shown instead of results when none passes the threshold.
+    pub notice: Option<String>,
+    /// The heading of a "more like this" (empty for a search).
+    #[serde(default)]
+    pub heading: String,
     /// The page's query string after the search (`?q=...`).
     #[serde(default)]
     pub url: String,
@@ -368,19 +489,77 @@ pub struct ResultsView {
     pub screenshot: Vec<u8>,
 }
 
+/// Alt text that says nothing about the picture (today's "result 3").
+fn generic_alt(alt: &str) -> bool {
+    let alt = alt.trim().to_lowercase();
+    alt.is_empty() || alt.strip_prefix("result").is_some_and(|n| n.trim().chars().all(|c| c.is_ascii_digit()))
+}
+
 impl ResultsView {
-    /// Checks that the page shows what the API answered for the same query: one loaded image per
-    /// shown result, one visible disclaimer tile per blocked one, the first score.
+    /// The API request behind what the page shows: its address's parameters, on
+    /// `/api/similar` (with `id` for `like`) or `/api/search`.
+    pub fn api_path(&self) -> String {
+        let query = self.url.strip_prefix('?').unwrap_or(&self.url);
+        if query.split('&').any(|p| p.starts_with("like=")) {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| p.strip_prefix("like=").map_or_else(|| p.to_owned(), |id| format!("id={id}")))
+                .collect();
+            format!("/api/similar?{}", params.join("&"))
+        } else {
+            format!("/api/search?{query}")
+        }
+    }
+
+    /// Checks that the page shows what the API answered for the same request: one loaded,
+    /// lazily loaded thumbnail (at most [`THUMB_SIDE`] pixels) per shown result, with its file
+    /// name as caption and alt text, a link to its original and a "similar" button; one visible
+    /// disclaimer tile without a name per blocked one; the first score; when nothing passes the
+    /// threshold, the notice that no photo matches well enough.
     pub fn verify(&self, expected: &SearchResponse) -> Result<()> {
-        let shown = expected.results.iter().filter(|h| !h.blocked).count();
-        let hidden = expected.results.len() - shown;
+        let shown: Vec<&Hit> = expected.results.iter().filter(|h| !h.blocked).collect();
+        let hidden = expected.results.len() - shown.len();
         let page = serde_json::to_string(self).unwrap_or_default();
         let fail = |message: String| Err(Error::Mismatch(format!("{message}: {page}")));
-        if self.images != shown {
-            return fail(format!("the page shows {} images, the API {shown}", self.images));
+        if self.images != shown.len() {
+            return fail(format!("the page shows {} images, the API {}", self.images, shown.len()));
         }
-        if self.loaded != shown {
-            return fail(format!("only {} of {shown} result images loaded", self.loaded));
+        if self.loaded != shown.len() {
+            return fail(format!("only {} of {} result images loaded", self.loaded, shown.len()));
+        }
+        let thumbs: Vec<String> = shown.iter().map(|h| h.thumb.clone().unwrap_or_default()).collect();
+        if self.thumbs != thumbs {
+            return fail(format!("the result images are {:?}, not the API's thumbnails {thumbs:?}", self.thumbs));
+        }
+        if self.largest_side > THUMB_SIDE {
+            return fail(format!(
+                "a result image is {} px on its longest side; a thumbnail is at most {THUMB_SIDE}",
+                self.largest_side
+            ));
+        }
+        if self.lazy != shown.len() {
+            return fail(format!("{} of {} result images load lazily", self.lazy, shown.len()));
+        }
+        for (alt, hit) in self.alts.iter().zip(&shown) {
+            let named = hit.name.as_deref().is_none_or(|name| alt.contains(name));
+            if generic_alt(alt) || !named {
+                return fail(format!("result {} has the alt text {alt:?}, not its file name {:?}", hit.rank, hit.name));
+            }
+        }
+        let names: Vec<String> = shown.iter().map(|h| h.name.clone().unwrap_or_default()).collect();
+        if self.names != names {
+            return fail(format!("the captions name {:?}, the API {names:?}", self.names));
+        }
+        let links: Vec<String> = shown.iter().map(|h| h.image.clone().unwrap_or_default()).collect();
+        if self.links != links {
+            return fail(format!("the links to the originals are {:?}, not {links:?}", self.links));
+        }
+        if self.similar_buttons != shown.len() {
+            return fail(format!(
+                "{} of {} shown results have a \"similar\" button",
+                self.similar_buttons,
+                shown.len()
+            ));
         }
         if self.tiles != hidden {
             return fail(format!("the page shows {} disclaimer tiles, the API {hidden}", self.tiles));
@@ -391,11 +570,26 @@ impl ResultsView {
         if self.tile_texts.iter().any(|t| t != DISCLAIMER) {
             return fail("a tile does not say the disclaimer".to_owned());
         }
+        if self.blocked_names > 0 {
+            return fail("a disclaimer tile shows a file name".to_owned());
+        }
         if let Some(first) = expected.results.first() {
-            let first_score = format!("score {:.3}", first.score);
-            if self.scores.first() != Some(&first_score) {
-                return fail(format!("the first score is not {first_score}"));
+            let first_score = format!(" {:.3}", first.score);
+            if !self.scores.first().is_some_and(|s| s.ends_with(&first_score)) {
+                return fail(format!("the first score is not{first_score}"));
             }
+        }
+        let nothing = expected.results.is_empty() && !expected.blocked;
+        match (&self.notice, nothing) {
+            (Some(n), false) => return fail(format!("the page says {n:?} over results")),
+            (None, true) => return fail("nothing passes the threshold but the page does not say so".to_owned()),
+            (Some(n), true) if !n.starts_with(NO_MATCH) => {
+                return fail(format!("nothing passes the threshold but the page says {n:?}, not {NO_MATCH:?}"))
+            }
+            _ => {}
+        }
+        if expected.like.is_some() && self.heading.is_empty() {
+            return fail("the page does not say which photo these are like".to_owned());
         }
         Ok(())
     }
@@ -430,7 +624,6 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
-    use crate::Hit;
 
     #[test]
     fn finds_the_first_browser_on_the_path() {
@@ -497,9 +690,27 @@ mod tests {
     }
 
     fn hit(rank: usize, score: f32, blocked: bool) -> Hit {
-        Hit::from_ranked(rank, &crate::Ranked { id: rank as u32, score, blocked })
+        Hit::from_ranked(rank, &crate::Ranked { id: rank as u32, score, blocked }, Some(format!("p{rank}.jpg")))
     }
 
+    /// What the API answers in [`check_mismatch`]: image 1 shown, image 2 blocked, image 3 shown.
+    fn expected() -> SearchResponse {
+        SearchResponse {
+            query: "dogs".into(),
+            like: None,
+            blocked: false,
+            message: None,
+            results: vec![hit(1, 0.9, false), hit(2, 0.7, true), hit(3, 0.2, false)],
+            k: 3,
+            page: 1,
+            more: false,
+            min_score: None,
+            indexed: 3,
+            took_ms: 1.0,
+        }
+    }
+
+    /// What the page shows for [`expected`].
     fn view() -> ResultsView {
         ResultsView {
             images: 2,
@@ -508,21 +719,24 @@ mod tests {
             tile_texts: vec![DISCLAIMER.to_owned()],
             tile_visible: true,
             scores: vec!["score 0.900".into(), "score 0.700".into(), "score 0.200".into()],
-            url: "?q=dogs".into(),
+            thumbs: vec!["/thumbs/1".into(), "/thumbs/3".into()],
+            lazy: 2,
+            alts: vec!["photo p1.jpg".into(), "photo p3.jpg".into()],
+            names: vec!["p1.jpg".into(), "p3.jpg".into()],
+            links: vec!["/images/1".into(), "/images/3".into()],
+            similar_buttons: 2,
+            blocked_names: 0,
+            largest_side: 320,
+            notice: None,
+            heading: String::new(),
+            url: "?q=dogs&k=3".into(),
             screenshot: Vec::new(),
         }
     }
 
     #[track_caller]
     fn check_mismatch(change: impl FnOnce(&mut ResultsView), fragment: &str) {
-        let expected = SearchResponse {
-            query: "dogs".into(),
-            blocked: false,
-            message: None,
-            results: vec![hit(1, 0.9, false), hit(2, 0.7, true), hit(3, 0.2, false)],
-            indexed: 3,
-            took_ms: 1.0,
-        };
+        let expected = expected();
         let mut v = view();
         v.verify(&expected).unwrap();
         change(&mut v);
@@ -537,7 +751,78 @@ mod tests {
         check_mismatch(|v| v.tiles = 0, "the page shows 0 disclaimer tiles, the API 1");
         check_mismatch(|v| v.tile_visible = false, "not visible");
         check_mismatch(|v| v.tile_texts[0] = "blocked".into(), "does not say the disclaimer");
-        check_mismatch(|v| v.scores[0] = "score 0.899".into(), "the first score is not score 0.900");
+        check_mismatch(|v| v.scores[0] = "score 0.899".into(), "the first score is not 0.900");
+    }
+
+    #[test]
+    fn the_page_must_show_named_lazy_thumbnails_linking_to_originals() {
+        // Today's page: full-size images, eager, "result N", no names, links or buttons.
+        check_mismatch(
+            |v| v.thumbs = vec!["/images/1".into(), "/images/3".into()],
+            r#"the result images are ["/images/1", "/images/3"], not the API's thumbnails"#,
+        );
+        check_mismatch(|v| v.largest_side = 500, "500 px on its longest side; a thumbnail is at most 320");
+        check_mismatch(|v| v.lazy = 0, "0 of 2 result images load lazily");
+        check_mismatch(|v| v.alts[1] = "result 3".into(), r#"result 3 has the alt text "result 3""#);
+        check_mismatch(|v| v.alts[0] = String::new(), "result 1 has the alt text \"\"");
+        check_mismatch(|v| v.alts[0] = "a photo".into(), r#"not its file name Some("p1.jpg")"#);
+        check_mismatch(
+            |v| v.names = vec![String::new(); 2],
+            r#"the captions name ["", ""], the API ["p1.jpg", "p3.jpg"]"#,
+        );
+        check_mismatch(|v| v.links[1] = String::new(), "the links to the originals are");
+        check_mismatch(|v| v.similar_buttons = 0, "0 of 2 shown results have a \"similar\" button");
+        check_mismatch(|v| v.blocked_names = 1, "a disclaimer tile shows a file name");
+        check_mismatch(|v| v.notice = Some(NO_MATCH.into()), "over results");
+    }
+
+    #[test]
+    fn nothing_over_the_threshold_must_be_said() {
+        let nothing = SearchResponse { results: Vec::new(), min_score: Some(0.99), ..expected() };
+        let empty = ResultsView {
+            images: 0,
+            loaded: 0,
+            tiles: 0,
+            tile_texts: Vec::new(),
+            scores: Vec::new(),
+            thumbs: Vec::new(),
+            lazy: 0,
+            alts: Vec::new(),
+            names: Vec::new(),
+            links: Vec::new(),
+            similar_buttons: 0,
+            largest_side: 0,
+            notice: Some(format!("{NO_MATCH}. Choose a lower threshold.")),
+            ..view()
+        };
+        empty.verify(&nothing).unwrap();
+        let e = ResultsView { notice: None, ..empty.clone() }.verify(&nothing).unwrap_err();
+        assert!(e.to_string().starts_with("nothing passes the threshold but the page does not say so"), "{e}");
+        let e = ResultsView { notice: Some("No results.".into()), ..empty }.verify(&nothing).unwrap_err();
+        assert!(e.to_string().contains("the page says \"No results.\""), "{e}");
+    }
+
+    #[test]
+    fn more_like_this_must_say_what_it_is_like() {
+        let like = SearchResponse { query: String::new(), like: Some(1), ..expected() };
+        let v = ResultsView { heading: "Photos most like p1.jpg".into(), url: "?like=1&k=3&page=2".into(), ..view() };
+        v.verify(&like).unwrap();
+        let e = ResultsView { heading: String::new(), ..v.clone() }.verify(&like).unwrap_err();
+        assert!(e.to_string().starts_with("the page does not say which photo"), "{e}");
+        assert_eq!(v.api_path(), "/api/similar?id=1&k=3&page=2");
+        assert_eq!(view().api_path(), "/api/search?q=dogs&k=3");
+        let v = ResultsView { url: "?q=two+dogs&k=12&page=2&min_score=0.5".into(), ..view() };
+        assert_eq!(v.api_path(), "/api/search?q=two+dogs&k=12&page=2&min_score=0.5");
+    }
+
+    #[test]
+    fn alt_text_like_result_n_is_generic() {
+        for alt in ["", "  ", "result 3", "Result 12", "result"] {
+            assert!(generic_alt(alt), "{alt:?}");
+        }
+        for alt in ["photo 1001773457_577c3a7d70.jpg", "results of the day", "photo ranked 3"] {
+            assert!(!generic_alt(alt), "{alt:?}");
+        }
     }
 
     #[test]

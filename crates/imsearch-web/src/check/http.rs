@@ -41,6 +41,16 @@ pub fn image_path(id: u64) -> String {
     format!("/images/{id}")
 }
 
+/// The path of an image's thumbnail: `/thumbs/{id}`.
+pub fn thumb_path(id: u64) -> String {
+    format!("/thumbs/{id}")
+}
+
+/// The path of a "more like this": `/api/similar?id={id}&k={k}`.
+pub fn similar_path(id: u64, k: usize) -> String {
+    format!("/api/similar?id={id}&k={k}")
+}
+
 /// One HTTP/1.1 GET of `path` on a fresh connection to `addr` (10 s to connect, 60 s of silence
 /// at most while reading).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
@@ -74,6 +84,17 @@ pub fn api_search(addr: SocketAddr, query: &str, k: usize) -> Result<SearchRespo
     serde_json::from_slice(&body).map_err(|source| Error::SearchJson { query: query.to_owned(), source })
 }
 
+/// `GET {path}` (an `/api/search` or `/api/similar` request), which must answer 200 with a
+/// [`SearchResponse`].
+pub fn api_get(addr: SocketAddr, path: &str) -> Result<SearchResponse> {
+    let HttpResponse { status, body } = http_get(addr, path)?;
+    if status != 200 {
+        let body = String::from_utf8_lossy(&body).into_owned();
+        return Err(Error::ApiStatus { path: path.to_owned(), status, body });
+    }
+    serde_json::from_slice(&body).map_err(|source| Error::ApiJson { path: path.to_owned(), source })
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -92,6 +113,8 @@ mod tests {
         assert_eq!(percent_encode("q=1&k=2/+"), "q%3D1%26k%3D2%2F%2B");
         assert_eq!(search_path("two dogs", 7), "/api/search?q=two%20dogs&k=7");
         assert_eq!(image_path(12), "/images/12");
+        assert_eq!(thumb_path(12), "/thumbs/12");
+        assert_eq!(similar_path(12, 5), "/api/similar?id=12&k=5");
     }
 
     /// A server that answers one connection with `answer` and returns the request line it read.
@@ -154,5 +177,10 @@ mod tests {
         let e = api_search(addr, "dogs", 3).unwrap_err();
         assert!(matches!(e, Error::SearchJson { .. }), "{e:?}");
         server.join().unwrap();
+
+        let (addr, server) = serve_once(b"HTTP/1.1 404 Not Found\r\n\r\n{\"error\":\"no image with id 9\"}");
+        let e = api_get(addr, "/api/similar?id=9").unwrap_err();
+        assert_eq!(e.to_string(), r#"GET /api/similar?id=9 answered 404: {"error":"no image with id 9"}"#);
+        assert_eq!(server.join().unwrap(), "GET /api/similar?id=9 HTTP/1.1\r\n");
     }
 }

@@ -19,6 +19,8 @@
 //! let mut page = Page::open(&browser, addr)?;
 //! let shown = page.search("two dogs")?;
 //! shown.verify(&expected)?;
+//! let page_two = page.next_page()?;
+//! page_two.verify(&check::api_get(addr, &page_two.api_path())?)?;
 //! # Ok(()) }
 //! ```
 
@@ -29,7 +31,9 @@ mod load;
 use std::{io, net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use browser::{find_browser, BlockedView, Browser, Cdp, Page, ResultsView, CHROMIUM_FLAGS};
-pub use http::{api_search, http_get, image_path, percent_encode, search_path, HttpResponse};
+pub use http::{
+    api_get, api_search, http_get, image_path, percent_encode, search_path, similar_path, thumb_path, HttpResponse,
+};
 pub use load::{load_test, KindReport, LoadReport, LoadRequest};
 
 /// What can go wrong while checking a server.
@@ -49,6 +53,10 @@ pub enum Error {
     SearchStatus { query: String, status: u16, body: String },
     #[error("/api/search for {query:?} gave unexpected JSON")]
     SearchJson { query: String, source: serde_json::Error },
+    #[error("GET {path} answered {status}: {body}")]
+    ApiStatus { path: String, status: u16, body: String },
+    #[error("GET {path} gave unexpected JSON")]
+    ApiJson { path: String, source: serde_json::Error },
 
     #[error("failed to start {}", binary.display())]
     Launch { binary: PathBuf, source: io::Error },

@@ -16,7 +16,7 @@ use crate::paths;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
+    /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
     #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     data: Option<PathBuf>,
     /// Where the page, the plots and summary.json go.

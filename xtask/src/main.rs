@@ -124,3 +124,39 @@ fn tune_allocator() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every job's `--help` names the environment variable beside each flag that reads one.
+    #[test]
+    fn every_environment_variable_shows_in_help_beside_its_flag() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        for job in cli.get_subcommands() {
+            for arg in job.get_arguments() {
+                let long = arg.get_long().unwrap_or_default();
+                let expected = match long {
+                    "data" => Some(imsearch_data::DATA_ENV),
+                    "workdir" => Some(crate::paths::WORKDIR_ENV),
+                    "models" => Some(imsearch_models::MODELS_ENV),
+                    _ => None,
+                };
+                if let Some(var) = expected {
+                    let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                    assert_eq!(env.as_deref(), Some(var), "`{} --{long}` does not read {var}", job.get_name());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "only {checked} flags with an environment variable found");
+        let help = cli.find_subcommand_mut("search").unwrap().render_long_help().to_string();
+        for var in ["IMSEARCH_DATA", "IMSEARCH_WORKDIR", "IMSEARCH_MODELS"] {
+            assert!(help.contains(&format!("[env: {var}")), "search --help does not show {var}:\n{help}");
+        }
+    }
+}

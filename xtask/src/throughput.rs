@@ -33,7 +33,7 @@ and dividing each figure by the reference's (its best of NCHW and channels-last 
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = HELP)]
 pub(crate) struct Args {
-    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
+    /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
     #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     data: Option<PathBuf>,
     #[command(flatten)]

@@ -80,7 +80,7 @@ impl TrainOpts {
 /// trains or loads the fusion model reads. Flatten into its arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Pipeline {
-    /// The dataset directory (default: $IMSEARCH_DATA, else ../shared/data/dsplus_integrated_project_4).
+    /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
     #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
     pub(crate) data: Option<PathBuf>,
     #[command(flatten)]

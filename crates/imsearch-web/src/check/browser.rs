@@ -591,6 +591,9 @@ impl ResultsView {
         if expected.like.is_some() && self.heading.is_empty() {
             return fail("the page does not say which photo these are like".to_owned());
         }
+        if let Some(name) = expected.like_name.as_deref().filter(|n| !self.heading.contains(*n)) {
+            return fail(format!("the page calls the example {:?}, not by its file name {name:?}", self.heading));
+        }
         Ok(())
     }
 }
@@ -698,6 +701,7 @@ mod tests {
         SearchResponse {
             query: "dogs".into(),
             like: None,
+            like_name: None,
             blocked: false,
             message: None,
             results: vec![hit(1, 0.9, false), hit(2, 0.7, true), hit(3, 0.2, false)],
@@ -809,6 +813,10 @@ mod tests {
         v.verify(&like).unwrap();
         let e = ResultsView { heading: String::new(), ..v.clone() }.verify(&like).unwrap_err();
         assert!(e.to_string().starts_with("the page does not say which photo"), "{e}");
+        let named = SearchResponse { like_name: Some("p1.jpg".into()), ..like.clone() };
+        v.verify(&named).unwrap();
+        let e = ResultsView { heading: "Photos most like photo 1".into(), ..v.clone() }.verify(&named).unwrap_err();
+        assert!(e.to_string().contains("not by its file name"), "{e}");
         assert_eq!(v.api_path(), "/api/similar?id=1&k=3&page=2");
         assert_eq!(view().api_path(), "/api/search?q=dogs&k=3");
         let v = ResultsView { url: "?q=two+dogs&k=12&page=2&min_score=0.5".into(), ..view() };

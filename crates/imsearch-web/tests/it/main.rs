@@ -261,6 +261,7 @@ async fn more_like_this_lists_the_images_most_like_an_example() {
     let (app, table) = app();
     let r = api(&app, "/api/similar?id=2&k=5").await;
     assert_eq!((r.like, r.query.as_str(), r.blocked, r.k, r.page, r.more), (Some(2), "", false, 5, 1, false));
+    assert_eq!(r.like_name.as_deref(), Some("photo-2.jpg"), "the example is named for the page's heading");
     assert_eq!(ids(&r), [(1, None), (2, Some(0))]);
     assert_eq!(r.results[0].disclaimer.as_deref(), Some(DISCLAIMER));
     assert_eq!(r.results[1].thumb.as_deref(), Some("/thumbs/0"));
@@ -278,7 +279,7 @@ async fn more_like_a_blocked_example_is_the_disclaimer_and_no_images() {
     let (app, table) = app();
     let r = api(&app, "/api/similar?id=1").await;
     assert!(r.blocked && r.results.is_empty() && !r.more, "{r:?}");
-    assert_eq!((r.message.as_deref(), r.like), (Some(DISCLAIMER), Some(1)));
+    assert_eq!((r.message.as_deref(), r.like, r.like_name.as_deref()), (Some(DISCLAIMER), Some(1), None));
     table.hide_zero.store(true, Ordering::SeqCst);
     let r = api(&app, "/api/similar?id=0").await;
     assert!(r.blocked && r.results.is_empty(), "{r:?}");

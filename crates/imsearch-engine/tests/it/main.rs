@@ -24,15 +24,15 @@ fn unit_rows(t: Tensor) -> Tensor {
     t.broadcast_div(&t.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap()).unwrap()
 }
 
-/// A fusion model with random weights, saved in `dir`.
-fn member(dir: &Path, image_encoder: &str, image_dim: usize, seed: u64) -> FusionModel {
+/// A fusion model with random weights over `text_dim`-d texts, saved in `dir`.
+fn member(dir: &Path, image_encoder: &str, image_dim: usize, text_dim: usize, seed: u64) -> FusionModel {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let config = FusionConfig {
         image_encoder: image_encoder.into(),
         text_encoder: TEXT.into(),
         image_dim,
-        text_dim: 5,
+        text_dim,
         hidden_dim: 0,
         shared_dim: 3,
         locked_text: false,
@@ -54,10 +54,17 @@ fn member(dir: &Path, image_encoder: &str, image_dim: usize, seed: u64) -> Fusio
 
 /// A toy engine over two encoders of 4 and 2 features, 5-d texts.
 fn toy(dir: &Path) -> (Engine, Tensor, Tensor) {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
     let layout = vec![ImagePart { id: "a@center".into(), dim: 4 }, ImagePart { id: "b@center".into(), dim: 2 }];
-    let images = random(&mut rng, (8, 6));
-    let texts = unit_rows(random(&mut rng, (10, 5)));
+    toy_with(dir, layout, 5)
+}
+
+/// A toy engine over `layout` and `text_dim`-d texts (a member on every encoder and, with two
+/// encoders or more, one on the last), with 4 queries and a collection of 5 images.
+fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize) -> (Engine, Tensor, Tensor) {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let width: usize = layout.iter().map(|p| p.dim).sum();
+    let images = random(&mut rng, (8, width));
+    let texts = unit_rows(random(&mut rng, (10, text_dim)));
     let gallery: BTreeMap<usize, Vec<usize>> = (0..8).map(|i| (i, vec![i, (i + 1) % 10])).collect();
     let neighbours = Neighbours::new(
         &images,
@@ -67,23 +74,26 @@ fn toy(dir: &Path) -> (Engine, Tensor, Tensor) {
         Neighbourhood { k: 3, temperature: 0.5 },
     )
     .unwrap();
-    let heads = vec![
-        ClassifierHead::new(random(&mut rng, (4, 3)), random(&mut rng, (1, 3)).squeeze(0).unwrap()).unwrap(),
-        ClassifierHead::new(random(&mut rng, (2, 3)), random(&mut rng, (1, 3)).squeeze(0).unwrap()).unwrap(),
-    ];
-    let bridge = Bridge::new(heads, unit_rows(random(&mut rng, (3, 5))), 1.0).unwrap();
-    let members = vec![
-        (
-            MemberRecipe { encoders: vec![], epochs: 3 },
-            member(&dir.join("m0"), "a@center+b@center", 6, 1),
-            dir.join("m0"),
-        ),
-        (
-            MemberRecipe { encoders: vec!["b".into()], epochs: 2 },
-            member(&dir.join("m1"), "b@center", 2, 2),
+    let heads = layout
+        .iter()
+        .map(|p| {
+            ClassifierHead::new(random(&mut rng, (p.dim, 3)), random(&mut rng, (1, 3)).squeeze(0).unwrap()).unwrap()
+        })
+        .collect();
+    let bridge = Bridge::new(heads, unit_rows(random(&mut rng, (3, text_dim))), 1.0).unwrap();
+    let all = layout.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join("+");
+    let mut members = vec![(
+        MemberRecipe { encoders: vec![], epochs: 3 },
+        member(&dir.join("m0"), &all, width, text_dim, 1),
+        dir.join("m0"),
+    )];
+    if let (true, Some(last)) = (layout.len() > 1, layout.last()) {
+        members.push((
+            MemberRecipe { encoders: vec![last.encoder().to_owned()], epochs: 2 },
+            member(&dir.join("m1"), &last.id, last.dim, text_dim, 2),
             dir.join("m1"),
-        ),
-    ];
+        ));
+    }
     let recipe = Recipe {
         members: members.iter().map(|m| m.0.clone()).collect(),
         weights: [1.0, 0.5, 0.25],
@@ -103,8 +113,8 @@ fn toy(dir: &Path) -> (Engine, Tensor, Tensor) {
         provenance: serde_json::json!({ "test": true }),
     })
     .unwrap();
-    let queries = unit_rows(random(&mut rng, (4, 5)));
-    let collection = random(&mut rng, (5, 6));
+    let queries = unit_rows(random(&mut rng, (4, text_dim)));
+    let collection = random(&mut rng, (5, width));
     (engine, queries, collection)
 }
 
@@ -340,4 +350,93 @@ fn the_match_probability_depends_on_the_pair_alone_not_on_the_collection() {
     let f = imsearch_engine::match_features(&[vec![vec![0.5, 0.9]]], &[vec![0.5, 0.6]], &[vec![0.5, 0.4]]);
     assert_eq!(f[0][0], [0.0, 0.0, 0.0]);
     assert!((f[0][1][0] - (0.9f32 / 0.1).ln()).abs() < 1e-4 && (f[0][1][1] - 10.0).abs() < 1e-3, "{f:?}");
+}
+
+/// The MiniLM directory under `$IMSEARCH_MODELS`, or `None` (skip) outside CI when it is unset;
+/// in CI (`CI` set) a missing variable fails the test.
+fn minilm_dir() -> Option<std::path::PathBuf> {
+    let Some(root) = std::env::var_os("IMSEARCH_MODELS") else {
+        assert!(std::env::var_os("CI").is_none(), "IMSEARCH_MODELS is not set: CI must provide the model cache");
+        eprintln!("skipping: IMSEARCH_MODELS is not set (it names the folder holding minilm-l6-v2/)");
+        return None;
+    };
+    Some(std::path::PathBuf::from(root).join("minilm-l6-v2"))
+}
+
+#[test]
+fn a_searcher_scores_matches_keeps_a_threshold_and_finds_photos_alike_with_the_policy() {
+    use imsearch_compliance::{BlockReason, ImagePolicy};
+    use imsearch_engine::{FolderIndex, ImagePolicySource, IndexOptions, Searcher};
+    use imsearch_vision::{EncoderKind, ImageEncoder, View};
+
+    let Some(minilm) = minilm_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let colours = [
+        ("blue.png", [0, 0, 255]),
+        ("green.png", [0, 200, 0]),
+        ("green2.png", [10, 190, 10]),
+        ("red.png", [255, 0, 0]),
+    ];
+    for (name, rgb) in colours {
+        image::RgbImage::from_pixel(40, 30, image::Rgb(rgb)).save(photos.join(name)).unwrap();
+    }
+    let options = IndexOptions {
+        encoders: vec![(EncoderKind::MobileNetV2, "channel-means@center".to_owned())],
+        views: vec![View::Center],
+        batch: 4,
+        cache_root: dir.path().join("index"),
+    };
+    let load = |_: EncoderKind| -> Result<Box<dyn ImageEncoder>, String> {
+        Ok(Box::new(ChannelMeans(EncoderKind::MobileNetV2.preprocess())))
+    };
+    let index = FolderIndex::open(&photos, &options, &load, &|_, _, _| {}).unwrap();
+    assert_eq!(index.keys, ["blue.png", "green.png", "green2.png", "red.png"]);
+    let layout = vec![ImagePart { id: "channel-means@center".into(), dim: 3 }];
+    let (engine, _, _) = toy_with(&dir.path().join("engine"), layout, 384);
+    // The policy blocks red photos (a high red channel), nothing else.
+    let policy = ImagePolicy {
+        dim: 3,
+        mean: vec![0.0; 3],
+        inv_std: vec![1.0; 3],
+        weights: vec![10.0, 0.0, 0.0],
+        bias: -5.0,
+        threshold: 0.5,
+    };
+    let source =
+        ImagePolicySource { policy, parts: vec!["channel-means@center".into()], path: dir.path().join("policy.json") };
+    let text_model = imsearch_text::MiniLm::load(&minilm, &Device::Cpu).unwrap();
+    let green_features = index.slices(1, &["channel-means@center".to_owned()]);
+    let searcher = Searcher::new(index, engine, text_model, Some(source)).unwrap();
+    assert_eq!((0..4).map(|r| searcher.is_blocked(r).unwrap()).collect::<Vec<_>>(), [false, false, false, true]);
+
+    // A text search: every image, each with a probability of a match; a threshold keeps those
+    // at or above it, possibly none.
+    let all = searcher.rank("a green photo", 4).unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().all(|r| (0.0..=1.0).contains(&r.score)), "{all:?}");
+    assert_eq!(all.iter().find(|r| r.row == 3).map(|r| r.blocked), Some(true));
+    assert_eq!(searcher.rank_matching("a green photo", 4, 0.0).unwrap(), all);
+    let best = all.iter().map(|r| r.score).fold(0.0f32, f32::max);
+    assert!(searcher.rank_matching("a green photo", 4, best + 1e-6).unwrap().is_empty());
+    let kept = searcher.rank_matching("a green photo", 4, best).unwrap();
+    assert!(!kept.is_empty() && kept.iter().all(|r| r.score >= best), "{kept:?}");
+
+    // More like green: its near copy first, itself left out, red still a disclaimer.
+    let like = searcher.similar(1, 3).unwrap().unwrap();
+    assert_eq!(like.iter().map(|r| r.row).collect::<Vec<_>>().first(), Some(&2), "{like:?}");
+    assert!(like.iter().all(|r| r.row != 1), "{like:?}");
+    assert!(like.iter().all(|r| r.blocked == (r.row == 3)), "{like:?}");
+    // The same photo from outside the index: itself first, alike to 1.
+    let outside = searcher.similar_to(&green_features, 2).unwrap().unwrap();
+    assert_eq!(outside[0].row, 1);
+    assert!(outside[0].score > 0.999, "{outside:?}");
+    // A blocked example is never searched with, from inside or outside.
+    assert!(matches!(searcher.similar(3, 3).unwrap(), Err(BlockReason::Image { .. })));
+    let red = [3.0, -2.0, -2.0];
+    assert!(matches!(searcher.similar_to(&red, 3).unwrap(), Err(BlockReason::Image { .. })));
+    // Wrong input is an error, not a panic.
+    assert!(searcher.similar(4, 3).is_err());
+    assert!(searcher.similar_to(&[1.0, 2.0], 3).is_err());
 }

@@ -277,7 +277,13 @@ fn calibration_pairs(
     let matrix = |s: &dyn Scorer| -> Result<Vec<Vec<f32>>> { Ok(s.matrix(&s.prepare(&images)?, &texts)?) };
     let members = split.members.iter().map(|m| matrix(m.as_ref())).collect::<Result<Vec<_>>>()?;
     let (nb, br) = (matrix(neighbours)?, matrix(bridge)?);
-    let features = match_features(&members, &nb, &br);
+    // As the engine computes them: a part weighed 0 is not prepared there and counts as 0.
+    let neutral = || vec![vec![0.5f32; set.candidates.len()]; text_rows.len()];
+    let features = match_features(
+        if weights[0] == 0.0 { &[] } else { &members },
+        &if weights[1] == 0.0 { neutral() } else { nb.clone() },
+        &if weights[2] == 0.0 { neutral() } else { br.clone() },
+    );
     let shown = shown_scores(&[split_group_matrix(&members), nb, br], &weights);
     let mut out = CalibrationPairs { features: Vec::new(), labels: Vec::new(), fusion: Vec::new(), shown: Vec::new() };
     for &(i, t, label) in &set.pairs {

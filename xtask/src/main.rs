@@ -57,9 +57,9 @@ enum Command {
     /// The main job: fetch, embed, load (or build) the engine, then show its top test images for
     /// random test queries in a contact sheet (target/demo/demo.png) and a page (target/demo/index.html).
     Demo(demo::Args),
-    /// Search a folder of photos (default: the test images) by a text query, ranked by the saved engine.
+    /// Search a folder of photos (default: the test images) by a text query or by a photo (--like), ranked by the saved engine; each score is the probability of a match (--min-score).
     Search(search::Args),
-    /// Serve the search page and its JSON API on http://127.0.0.1:8080 (type a query, see the pictures).
+    /// Serve the search page and its JSON API on http://127.0.0.1:8080 (type a query, see thumbnails, pages, a threshold, "similar").
     Serve(serve::Args),
     /// Check the search server: a bounded load test (p50/p99 latency), its ranks against the engine's, then headless Chromium types queries.
     WebCheck(web_check::Args),

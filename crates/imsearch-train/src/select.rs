@@ -298,14 +298,20 @@ fn calibration_pairs(
     Ok(out)
 }
 
-/// The members' ensemble matrix (equal weights, z-scored per text), as the engine's first part.
+/// The members' ensemble matrix as the engine's first part computes it (an equal-weight
+/// ensemble: z-scored per text, summed, squashed).
 fn split_group_matrix(members: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
-    imsearch_engine::combine(members, &vec![1.0; members.len()])
+    squashed(members, &vec![1.0; members.len()])
 }
 
 /// The ensemble's 0..1 score as search showed it: the parts z-scored per text over the
 /// collection, weighed, then `0.5 + atan(z / sum of weights) / pi` (as `Ensemble::matrix`).
 fn shown_scores(mats: &[Vec<Vec<f32>>], weights: &[f32; 3]) -> Vec<Vec<f32>> {
+    squashed(mats, weights)
+}
+
+/// `Ensemble::matrix` of matrices `mats` with `weights`.
+fn squashed(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
     let total: f32 = weights.iter().sum();
     let mut out = imsearch_engine::combine(mats, weights);
     for z in out.iter_mut().flatten() {

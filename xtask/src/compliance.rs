@@ -41,7 +41,7 @@ const TARGET_PRECISION: f64 = 0.60;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
-    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV, value_parser = crate::paths::dir_arg)]
     data: Option<PathBuf>,
     #[command(flatten)]
     models: ModelsArg,

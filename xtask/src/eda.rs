@@ -17,7 +17,7 @@ use crate::paths;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
-    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV, value_parser = crate::paths::dir_arg)]
     data: Option<PathBuf>,
     /// Where the page, the plots and summary.json go.
     #[arg(long, value_name = "DIR", default_value = "target/eda")]

@@ -36,7 +36,7 @@ pub(crate) struct EmbedOpts {
     /// Where embeddings, folder indexes, checkpoints, the saved engine and the reports'
     /// figures are kept (default: the user's data directory, $XDG_DATA_HOME/imsearch or
     /// ~/.local/share/imsearch on Linux; outside `target/`, so `cargo clean` keeps them).
-    #[arg(long, value_name = "DIR", env = paths::WORKDIR_ENV)]
+    #[arg(long, value_name = "DIR", env = paths::WORKDIR_ENV, value_parser = crate::paths::dir_arg)]
     pub(crate) workdir: Option<PathBuf>,
 }
 
@@ -82,7 +82,7 @@ impl EmbedOpts {
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
-    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV, value_parser = crate::paths::dir_arg)]
     data: Option<PathBuf>,
     #[command(flatten)]
     models: ModelsArg,

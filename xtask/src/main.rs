@@ -127,7 +127,7 @@ fn tune_allocator() {}
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
 
@@ -154,6 +154,9 @@ mod tests {
             }
         }
         assert!(checked >= 10, "only {checked} flags with an environment variable found");
+        // An empty value (an environment variable set to nothing) parses, and means the default.
+        let parsed = Cli::try_parse_from(["xtask", "search", "dogs", "--models", "", "--data", "", "--workdir", ""]);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
         let help = cli.find_subcommand_mut("search").unwrap().render_long_help().to_string();
         for var in ["IMSEARCH_DATA", "IMSEARCH_WORKDIR", "IMSEARCH_MODELS"] {
             assert!(help.contains(&format!("[env: {var}")), "search --help does not show {var}:\n{help}");

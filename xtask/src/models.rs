@@ -20,7 +20,7 @@ pub(crate) enum SourceArg {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub(crate) struct ModelsArg {
     /// The model cache (default: ~/.cache/imsearch/models).
-    #[arg(long, value_name = "DIR", global = true, env = imsearch_models::MODELS_ENV)]
+    #[arg(long, value_name = "DIR", global = true, env = imsearch_models::MODELS_ENV, value_parser = crate::paths::dir_arg)]
     pub(crate) models: Option<PathBuf>,
     /// Where to download models missing from the cache.
     ///
@@ -41,7 +41,8 @@ pub(crate) struct ModelsArg {
 
 impl ModelsArg {
     pub(crate) fn store(&self) -> Result<ModelStore> {
-        let store = ModelStore::resolve(self.models.clone()).context("failed to locate the model cache")?;
+        let store = ModelStore::resolve(crate::paths::set(self.models.as_deref()).map(Into::into))
+            .context("failed to locate the model cache")?;
         Ok(store.with_source(self.source()))
     }
 

@@ -15,12 +15,24 @@ pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits inside the workspace").to_owned()
 }
 
+/// A directory flag's value. Unlike clap's own path parser it accepts an empty value, which
+/// [`set`] then treats as unset: an environment variable set to nothing (`IMSEARCH_MODELS=`)
+/// means the default, as it did before the flags read them.
+pub(crate) fn dir_arg(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
+/// `flag` unless it is empty.
+pub(crate) fn set(flag: Option<&Path>) -> Option<&Path> {
+    flag.filter(|p| !p.as_os_str().is_empty())
+}
+
 /// The dataset directory: `--data`, else `IMSEARCH_DATA`, else [`DEFAULT_DATA`] when present.
 pub(crate) fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = flag {
+    if let Some(dir) = set(flag) {
         return checked(dir.to_owned(), "--data");
     }
-    if let Some(dir) = std::env::var_os(imsearch_data::DATA_ENV) {
+    if let Some(dir) = std::env::var_os(imsearch_data::DATA_ENV).filter(|v| !v.is_empty()) {
         return checked(PathBuf::from(dir), imsearch_data::DATA_ENV);
     }
     let default = workspace_root().join(DEFAULT_DATA);
@@ -53,7 +65,7 @@ const OLD_WORKDIR: &str = "target/imsearch";
 /// root when relative), else `imsearch` in the user's data directory ($XDG_DATA_HOME or
 /// ~/.local/share on Linux), else (no such directory on this platform) `target/imsearch`.
 pub(crate) fn workdir(flag: Option<&Path>) -> PathBuf {
-    if let Some(dir) = flag {
+    if let Some(dir) = set(flag) {
         return resolve(dir);
     }
     let Some(data) = dirs::data_dir() else { return workspace_root().join(OLD_WORKDIR) };
@@ -102,6 +114,7 @@ mod tests {
     fn the_work_directory_is_the_flag_else_the_users_data_directory_never_target() {
         assert_eq!(workdir(Some(Path::new("/tmp/w"))), PathBuf::from("/tmp/w"));
         assert_eq!(workdir(Some(Path::new("rel"))), workspace_root().join("rel"));
+        assert_eq!(workdir(Some(Path::new(""))), workdir(None), "an empty value is unset");
         let default = workdir(None);
         if let Some(data) = dirs::data_dir() {
             assert_eq!(default, data.join("imsearch"));

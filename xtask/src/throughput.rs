@@ -34,7 +34,7 @@ and dividing each figure by the reference's (its best of NCHW and channels-last 
 #[command(after_long_help = HELP)]
 pub(crate) struct Args {
     /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
-    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV, value_parser = crate::paths::dir_arg)]
     data: Option<PathBuf>,
     #[command(flatten)]
     models: ModelsArg,

@@ -81,7 +81,7 @@ impl TrainOpts {
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Pipeline {
     /// The dataset directory (default: ../shared/data/dsplus_integrated_project_4 next to the checkout).
-    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV)]
+    #[arg(long, value_name = "DIR", env = imsearch_data::DATA_ENV, value_parser = crate::paths::dir_arg)]
     pub(crate) data: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) models: ModelsArg,

@@ -36,6 +36,8 @@ const FORBIDDEN: &[(&str, &[&str], &[&str])] = &[
         &["imsearch-fsio"],
     ),
     ("imsearch-web", &["candle", "imsearch-"], &[]),
+    // The collection knows rows, not the engine.
+    ("imsearch-store", &["candle", "imsearch-"], &[]),
     // The engine takes tensors, paths and pairs: it never fetches weights nor reads the dataset.
     ("imsearch-engine", &["imsearch-models", "imsearch-data", "imsearch-report", "imsearch-train"], &[]),
     ("imsearch-train", &["imsearch-models", "imsearch-report", "imsearch-web"], &[]),
@@ -82,6 +84,8 @@ pub(crate) fn run(root: &Path, args: &Args) -> Result<()> {
         // The server with the real models under load, then in headless Chromium.
         ensure_chromium()?;
         web_check(store.root())?;
+        // The collection in a real Milvus server, filled by two workers at once.
+        milvus_check(store.root())?;
     }
     println!("ci: all checks passed");
     Ok(())
@@ -123,6 +127,22 @@ fn web_check(models: &Path) -> Result<()> {
         .context("failed to start cargo xtask web-check")?;
     if !status.success() {
         bail!("cargo xtask web-check failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `cargo xtask milvus check` (this binary): it installs the pinned Milvus wheel (once per
+/// machine), starts a server of its own, and stops it at the end.
+fn milvus_check(models: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("failed to find the xtask binary")?;
+    println!("ci: cargo xtask milvus check");
+    let status = Command::new(exe)
+        .args(["milvus", "check", "--models"])
+        .arg(models)
+        .status()
+        .context("failed to start cargo xtask milvus check")?;
+    if !status.success() {
+        bail!("cargo xtask milvus check failed ({status})");
     }
     Ok(())
 }

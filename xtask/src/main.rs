@@ -11,6 +11,7 @@ mod embed;
 mod engine;
 mod eval;
 mod fixtures;
+mod milvus;
 mod models;
 mod paths;
 mod progress;
@@ -67,6 +68,11 @@ enum Command {
     Ci(ci::Args),
     /// Measure encoder throughput on the PyTorch reference's work (images/s, sentences/s, peak memory).
     Throughput(throughput::Args),
+    /// Index a folder's photos into a Milvus collection (--store), as worker I of N (--shard I/N):
+    /// N workers on N machines fill one collection that any number of `search`/`serve --store` share.
+    Index(milvus::IndexArgs),
+    /// The pinned Milvus standalone server (start, stop, status) and its check and figures.
+    Milvus(milvus::Args),
     /// Index a synthetic library of thousands of photos and measure it: images/s, rerun time, MB per image, query latency, top-k over 100,000 vectors.
     Scale(scale::Args),
 }
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
         Command::Ci(args) => ci::run(&root, args),
         Command::Throughput(args) => throughput::run(args),
         Command::Scale(args) => scale::run(args),
+        Command::Index(args) => milvus::index(args),
+        Command::Milvus(args) => milvus::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -198,7 +198,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 }
 
 /// The CPU's model name and whether it has AVX-512 (the machines here differ).
-fn cpu_name() -> String {
+pub(crate) fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim().to_owned()

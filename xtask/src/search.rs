@@ -27,6 +27,7 @@ use candle::Device;
 use imsearch_compliance::{BlockReason, Decision, TextPolicy, DISCLAIMER};
 use imsearch_data::Dataset;
 use imsearch_engine::{FolderIndex, ImagePolicySource, IndexOptions, IndexSummary, Ranked, Searcher, IMAGE_EXTENSIONS};
+use imsearch_store::StoreUrl;
 use imsearch_text::MiniLm;
 use serde::Serialize;
 
@@ -68,6 +69,11 @@ pub(crate) struct Setup {
     /// The folder of photos to search (default: test_images/ of the dataset).
     #[arg(long, value_name = "DIR")]
     pub(crate) images: Option<PathBuf>,
+    /// Search the collection in Milvus at milvus://HOST:PORT/COLLECTION (filled by `cargo
+    /// xtask index --store`) instead of indexing --images here; --images is then the library's
+    /// root, where the photos are shown from.
+    #[arg(long, value_name = "URL", env = crate::milvus::STORE_ENV)]
+    pub(crate) store: Option<StoreUrl>,
     /// The dataset (for the default folder and to train a missing model), the models and the
     /// options of the fusion model searched with.
     #[command(flatten)]
@@ -113,35 +119,10 @@ struct Hit {
 /// With `may_train`, a missing engine or image policy is built from the dataset; without, it is
 /// an error.
 pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
-    let store = setup.pipeline.models.store()?;
-    let folder = match &setup.images {
-        Some(dir) => dir.clone(),
-        None => paths::data_dir(setup.pipeline.data.as_deref())?.join("test_images"),
-    };
-    let embed = &setup.pipeline.embed;
-    let options = index_options(setup)?;
-    let load_encoder = |kind| load_encoder(&store, kind);
-    let bar = RefCell::new(None::<(String, indicatif::ProgressBar)>);
-    let progress = |encoder: &str, done: usize, total: usize| {
-        let mut bar = bar.borrow_mut();
-        if bar.as_ref().is_none_or(|(e, _)| e != encoder) {
-            if let Some((_, old)) = bar.take() {
-                old.finish_and_clear();
-            }
-            *bar = Some((
-                encoder.to_owned(),
-                crate::progress::bar(total as u64, &format!("indexing ({encoder})"), "images"),
-            ));
-        }
-        if let Some((_, b)) = bar.as_ref() {
-            b.set_position(done as u64);
-        }
-    };
-    let index = FolderIndex::open(&folder, &options, &load_encoder, &progress);
-    if let Some((_, b)) = bar.take() {
-        b.finish_and_clear();
+    if let Some(url) = &setup.store {
+        return open_store(setup, may_train, url);
     }
-    let index = index.with_context(|| format!("failed to index {}", folder.display()))?;
+    let index = open_index(setup, None)?;
     if index.is_empty() {
         let summary = &index.summary;
         bail!(
@@ -153,10 +134,58 @@ pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
         );
     }
     let (engine, dir, _) = engine::ensure(&setup.pipeline, may_train, None)?;
+    let (policy, text_model) = policy_and_text(setup, may_train, &index.parts)?;
+    Searcher::new(index, engine, text_model, policy)
+        .with_context(|| format!("failed to open the engine in {}", dir.display()))
+}
 
+/// The folder's index (`--images`, default the test images), refreshed incrementally with a
+/// progress bar per encoder; with `shard`, only that worker's share of the files.
+pub(crate) fn open_index(setup: &Setup, shard: Option<imsearch_engine::Shard>) -> Result<FolderIndex> {
+    let store = setup.pipeline.models.store()?;
+    let folder = match &setup.images {
+        Some(dir) => dir.clone(),
+        None => paths::data_dir(setup.pipeline.data.as_deref())?.join("test_images"),
+    };
+    let mut options = index_options(setup)?;
+    options.shard = shard;
+    let load_encoder = |kind| load_encoder(&store, kind);
+    let bar = RefCell::new(None::<(String, indicatif::ProgressBar)>);
+    let progress = |encoder: &str, done: usize, total: usize| {
+        let mut bar = bar.borrow_mut();
+        if bar.as_ref().is_none_or(|(e, _)| e != encoder) {
+            if let Some((_, old)) = bar.take() {
+                old.finish_and_clear();
+            }
+            let label = match shard {
+                Some(shard) => format!("shard {shard}: indexing ({encoder})"),
+                None => format!("indexing ({encoder})"),
+            };
+            *bar = Some((encoder.to_owned(), crate::progress::bar(total as u64, &label, "images")));
+        }
+        if let Some((_, b)) = bar.as_ref() {
+            b.set_position(done as u64);
+        }
+    };
+    let index = FolderIndex::open(&folder, &options, &load_encoder, &progress);
+    if let Some((_, b)) = bar.take() {
+        b.finish_and_clear();
+    }
+    index.with_context(|| format!("failed to index {}", folder.display()))
+}
+
+/// The image policy for the feature `parts` (`None`, with a warning, when none is usable: every
+/// result is blocked) and the text encoder.
+pub(crate) fn policy_and_text(
+    setup: &Setup,
+    may_train: bool,
+    parts: &[imsearch_engine::ImagePart],
+) -> Result<(Option<ImagePolicySource>, MiniLm)> {
+    let embed = &setup.pipeline.embed;
+    let store = setup.pipeline.models.store()?;
     // The image policy reads its own encoders' slices of each row.
     let policy_ids = setup.policy.model_ids(embed)?;
-    let policy_dim: usize = index.parts.iter().filter(|p| policy_ids.contains(&p.id)).map(|p| p.dim).sum();
+    let policy_dim: usize = parts.iter().filter(|p| policy_ids.contains(&p.id)).map(|p| p.dim).sum();
     let policy = match image_policy(setup, may_train, &policy_ids.join("+"), policy_dim) {
         Ok((ckpt, path)) => Some(ImagePolicySource { policy: ckpt.policy, parts: policy_ids, path }),
         Err(e) => {
@@ -166,8 +195,25 @@ pub(crate) fn open(setup: &Setup, may_train: bool) -> Result<Searcher> {
     };
     let minilm = crate::models::ensure(&store, embed::TEXT_MODEL)?;
     let text_model = MiniLm::load(&minilm.dir, &Device::Cpu).context("failed to load MiniLM")?;
-    Searcher::new(index, engine, text_model, policy)
-        .with_context(|| format!("failed to open the engine in {}", dir.display()))
+    Ok((policy, text_model))
+}
+
+/// `--store`: a searcher over every row of the collection, ranked by the same engine and policy
+/// the workers indexed with; the photos are shown from `--images` (default: the dataset's
+/// test_images/), the library's root as this machine sees it.
+fn open_store(setup: &Setup, may_train: bool, url: &StoreUrl) -> Result<Searcher> {
+    let root = match &setup.images {
+        Some(dir) => dir.clone(),
+        None => paths::data_dir(setup.pipeline.data.as_deref())?.join("test_images"),
+    };
+    let root = root.canonicalize().with_context(|| format!("failed to open the library root {}", root.display()))?;
+    let (engine, dir, _) = engine::ensure(&setup.pipeline, may_train, None)?;
+    let (policy, text_model) = policy_and_text(setup, may_train, engine.image_layout())?;
+    let store = crate::milvus::connect(url)?;
+    let cache_dir =
+        setup.pipeline.embed.workdir().join("store").join(format!("{}-{}-{}", url.host, url.port, url.collection));
+    Searcher::from_store(&store, &root, cache_dir, engine, text_model, policy)
+        .with_context(|| format!("failed to open {url} with the engine in {}", dir.display()))
 }
 
 /// `--min-score`: a probability.
@@ -179,18 +225,19 @@ fn min_score(s: &str) -> Result<f32, String> {
 }
 
 /// How [`open`] indexes a folder with these options.
-fn index_options(setup: &Setup) -> Result<IndexOptions> {
+pub(crate) fn index_options(setup: &Setup) -> Result<IndexOptions> {
     let embed = &setup.pipeline.embed;
     Ok(IndexOptions {
         encoders: embed.kinds()?.into_iter().map(|k| (k, embed.image_model_id(k))).collect(),
         views: embed.views()?,
         batch: embed.batch,
         cache_root: embed.workdir().join("index"),
+        shard: None,
     })
 }
 
 /// The image encoder `kind`, its weights fetched if absent.
-fn load_encoder(
+pub(crate) fn load_encoder(
     store: &imsearch_models::ModelStore,
     kind: imsearch_vision::EncoderKind,
 ) -> Result<Box<dyn imsearch_vision::ImageEncoder>, String> {

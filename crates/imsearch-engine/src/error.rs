@@ -14,6 +14,9 @@ pub enum Error {
     Text(#[from] imsearch_text::Error),
     #[error(transparent)]
     File(#[from] imsearch_fsio::Error),
+    #[cfg(feature = "milvus")]
+    #[error(transparent)]
+    Store(#[from] imsearch_store::Error),
     #[error("failed to read {path}")]
     Read {
         path: PathBuf,

@@ -89,8 +89,54 @@ pub struct IndexOptions {
     pub views: Vec<View>,
     /// Images per forward pass.
     pub batch: usize,
-    /// Where the caches of every folder go (one subfolder per folder).
+    /// Where the caches of every folder go (one subfolder per folder and shard).
     pub cache_root: PathBuf,
+    /// Only this worker's share of the files ([`Shard`]); `None`: all of them.
+    pub shard: Option<Shard>,
+}
+
+/// Worker `worker` of `workers` (0-based): the files whose [`key_bucket`] is `worker` modulo
+/// `workers`. Stable: a file belongs to the same worker on every machine and every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub worker: u32,
+    pub workers: u32,
+}
+
+impl Shard {
+    /// Whether the file of `key` is this worker's.
+    pub fn owns(&self, key: &str) -> bool {
+        key_bucket(key) % self.workers == self.worker
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.worker, self.workers)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N`: worker I (0-based) of N.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?} is not a shard: write I/N, worker I (from 0) of N workers, e.g. 0/2");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (worker, workers): (u32, u32) =
+            (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if workers == 0 || worker >= workers {
+            return Err(format!("shard {s}: the worker must be from 0 to N-1 and N at least 1"));
+        }
+        Ok(Shard { worker, workers })
+    }
+}
+
+/// A stable 31-bit hash of a file's key (its path relative to the folder): the first 4 bytes
+/// of the key's sha256, halved. Decides which worker indexes the file.
+pub fn key_bucket(key: &str) -> u32 {
+    let hash = imsearch_index::Item::text("", key).content_hash().unwrap_or_default();
+    u32::from_str_radix(hash.get(..8).unwrap_or("0"), 16).unwrap_or(0) >> 1
 }
 
 impl FolderIndex {
@@ -106,14 +152,24 @@ impl FolderIndex {
             return Err(Error::Invalid(format!("{} is not a folder", folder.display())));
         }
         let root = folder.canonicalize().map_err(|source| Error::Read { path: folder.to_owned(), source })?;
-        let listing = list_images_detailed(&root)?;
-        let (files, ignored) = (listing.images, listing.ignored);
+        let mut listing = list_images_detailed(&root)?;
+        let (mut files, mut ignored) = (listing.images, listing.ignored);
+        if let Some(shard) = options.shard {
+            // Other workers' files are neither indexed nor counted.
+            files.retain(|(key, _)| shard.owns(key));
+            ignored = 0;
+            listing.skipped.retain(|s| shard.owns(&s.file));
+        }
         let items: Vec<Item> = files.iter().map(|(key, path)| Item::file(key.clone(), path.clone())).collect();
         let digest = root
             .to_string_lossy()
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        let cache_dir = options.cache_root.join(format!("{digest:016x}"));
+        // A worker's caches are its own: two workers of one folder on one machine never share one.
+        let cache_dir = match options.shard {
+            None => options.cache_root.join(format!("{digest:016x}")),
+            Some(s) => options.cache_root.join(format!("{digest:016x}-shard{}of{}", s.worker, s.workers)),
+        };
 
         let mut caches = Vec::new();
         // Entries the listing skipped (broken links, special files), then files that failed.

@@ -34,6 +34,8 @@ mod neighbours;
 mod scorer;
 mod searcher;
 pub mod select;
+#[cfg(feature = "milvus")]
+mod store;
 #[cfg(feature = "web")]
 mod web;
 
@@ -45,8 +47,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use folder::{
-    encode_file, encode_images, list_images, list_images_detailed, FolderIndex, ImageListing, IndexOptions,
-    IndexSummary, Skipped, IMAGE_EXTENSIONS,
+    encode_file, encode_images, key_bucket, list_images, list_images_detailed, FolderIndex, ImageListing, IndexOptions,
+    IndexSummary, Shard, Skipped, IMAGE_EXTENSIONS,
 };
 pub use library::{library_path, make_library, LibrarySummary};
 pub use neighbours::{Neighbourhood, Neighbours};
@@ -55,3 +57,5 @@ pub use scorer::{
     BANK_Z_RANGE, PREPARE_BLOCK,
 };
 pub use searcher::{ImagePolicySource, Ranked, Searcher, CANDIDATES_PER_RESULT};
+#[cfg(feature = "milvus")]
+pub use store::{collection_spec, index_into_store, StoreSummary};

@@ -268,6 +268,59 @@ impl Prepared {
         Some(Prepared { images, len, state })
     }
 
+    /// Row `row`'s state alone as bytes (a small safetensors file), for a store that keeps each
+    /// image's row apart ([`Prepared::from_row_bytes`] reads rows back).
+    pub fn row_bytes(&self, row: usize) -> Result<Vec<u8>> {
+        let mut tensors = HashMap::new();
+        self.select(&[row])?.to_tensors("p", &mut tensors)?;
+        candle_safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
+            .map_err(|e| crate::Error::Invalid(format!("cannot serialise a prepared row: {e}")))
+    }
+
+    /// Rows written by [`Prepared::row_bytes`] (by the same scorer), joined in order; an error
+    /// naming the first row that does not read.
+    pub fn from_row_bytes(rows: &[&[u8]]) -> Result<Prepared> {
+        let one = |(i, bytes): (usize, &&[u8])| -> Result<Prepared> {
+            let bad = |why: String| crate::Error::Invalid(format!("prepared row {i}: {why}"));
+            let tensors =
+                candle::safetensors::load_buffer(bytes, &candle::Device::Cpu).map_err(|e| bad(e.to_string()))?;
+            Prepared::from_tensors(&tensors, "p", 1).ok_or_else(|| bad("tensors of the wrong shape".into()))
+        };
+        // Joined a block at a time: one join of a million one-row blocks copies too often.
+        let blocks = rows
+            .chunks(ROW_BYTES_BLOCK)
+            .enumerate()
+            .map(|(b, chunk)| {
+                let rows = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| one((b * ROW_BYTES_BLOCK + i, r)))
+                    .collect::<Result<Vec<_>>>()?;
+                Prepared::concat(rows)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Prepared::concat(blocks)
+    }
+
+    /// Row `row` as one vector whose inner product with another row's is their [`likeness`]:
+    /// each space's row at unit length (zero where the row is zero), over the square root of the
+    /// number of spaces, side by side. What a vector database searches "more like this" with.
+    pub fn like_vector(&self, row: usize) -> Result<Vec<f32>> {
+        let spaces = self.spaces();
+        if spaces.is_empty() {
+            return Err(crate::Error::Invalid("more like this needs a preparation with image spaces".into()));
+        }
+        let scale = 1.0 / (spaces.len() as f32).sqrt();
+        let mut out = Vec::new();
+        for space in spaces {
+            let v: Vec<f32> = space.get(row)?.to_dtype(candle::DType::F32)?.to_vec1()?;
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let k = if norm > 0.0 { scale / norm } else { 0.0 };
+            out.extend(v.iter().map(|x| x * k));
+        }
+        Ok(out)
+    }
+
     /// Images prepared.
     pub fn len(&self) -> usize {
         self.len
@@ -277,6 +330,9 @@ impl Prepared {
         self.len() == 0
     }
 }
+
+/// Rows read back per join in [`Prepared::from_row_bytes`].
+const ROW_BYTES_BLOCK: usize = 1024;
 
 /// Rows per block of [`prepare_for_search`]: each block's temporaries stay a few MB.
 pub const PREPARE_BLOCK: usize = 2048;

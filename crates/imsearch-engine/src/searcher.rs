@@ -111,6 +111,47 @@ impl Searcher {
         })
     }
 
+    /// A searcher over images prepared elsewhere (the rows of a collection kept in a vector
+    /// database): `index` holds their keys (no features), `prepared` row `i` is the engine's
+    /// preparation of `index` row `i` and `blocked[i]` the image policy's decision on it, made
+    /// when it was indexed. `policy` decides on photos from outside (more like this).
+    pub fn from_prepared(
+        index: FolderIndex,
+        prepared: Prepared,
+        blocked: Vec<Option<BlockReason>>,
+        engine: Engine,
+        text_model: MiniLm,
+        policy: Option<ImagePolicySource>,
+    ) -> Result<Self> {
+        if index.is_empty() {
+            return Err(Error::Invalid(format!("no image indexed for {}", index.summary.images_dir.display())));
+        }
+        if prepared.len() != index.len() || blocked.len() != index.len() {
+            return Err(Error::Invalid(format!(
+                "{} images, but {} prepared rows and {} decisions",
+                index.len(),
+                prepared.len(),
+                blocked.len()
+            )));
+        }
+        let order = (0..index.len()).collect();
+        let policy_path = policy.as_ref().map(|p| p.path.clone());
+        let reused_rows = index.len();
+        Ok(Searcher {
+            index,
+            engine,
+            prepared,
+            order,
+            reused_rows,
+            text_model,
+            text_policy: TextPolicy::default(),
+            blocked,
+            policy,
+            norms: OnceLock::new(),
+            policy_path,
+        })
+    }
+
     /// The text policy's decision on `query`: a query that names a child gets no results.
     pub fn gate(&self, query: &str) -> Decision {
         self.text_policy.decide(query)

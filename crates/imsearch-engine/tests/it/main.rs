@@ -263,6 +263,7 @@ fn a_folder_index_reuses_its_cache_and_rebuilds_a_corrupt_one() {
         views: vec![View::Center],
         batch: 2,
         cache_root: dir.path().join("index"),
+        shard: None,
     };
     let loads = Cell::new(0);
     let load = |_: EncoderKind| -> Result<Box<dyn ImageEncoder>, String> {
@@ -387,6 +388,7 @@ fn a_searcher_scores_matches_keeps_a_threshold_and_finds_photos_alike_with_the_p
         views: vec![View::Center],
         batch: 4,
         cache_root: dir.path().join("index"),
+        shard: None,
     };
     let load = |_: EncoderKind| -> Result<Box<dyn ImageEncoder>, String> {
         Ok(Box::new(ChannelMeans(EncoderKind::MobileNetV2.preprocess())))

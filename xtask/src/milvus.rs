@@ -144,6 +144,9 @@ impl ServerArgs {
 }
 
 fn install(dir: &Path) -> Result<Install> {
+    if let Some(install) = server::installed(dir) {
+        return Ok(install);
+    }
     eprintln!("milvus: installing {} into {} (once)", server::MILVUS_VERSION, dir.display());
     server::install(dir).with_context(|| format!("failed to install Milvus into {}", dir.display()))
 }
@@ -544,11 +547,18 @@ fn bench(args: &BenchArgs) -> Result<()> {
                         bar.inc(rows.len() as u64);
                     }
                     let seconds = started.elapsed().as_secs_f64();
-                    Ok(WriterFigures { rows: mine.len(), seconds, rows_per_second: mine.len() as f64 / seconds.max(1e-9) })
+                    Ok(WriterFigures {
+                        rows: mine.len(),
+                        seconds,
+                        rows_per_second: mine.len() as f64 / seconds.max(1e-9),
+                    })
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?).collect::<Result<Vec<_>>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
+            .collect::<Result<Vec<_>>>()
     })?;
     bar.finish_and_clear();
     let insert = args.rows as f64 / started.elapsed().as_secs_f64();

@@ -165,10 +165,13 @@ impl FolderIndex {
             .to_string_lossy()
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        // A worker's caches are its own: two workers of one folder on one machine never share one.
+        // A worker's caches are its own: two workers of one folder on one machine never share
+        // one. The only worker of one (0/1) indexes the whole folder: the folder's own caches.
         let cache_dir = match options.shard {
-            None => options.cache_root.join(format!("{digest:016x}")),
-            Some(s) => options.cache_root.join(format!("{digest:016x}-shard{}of{}", s.worker, s.workers)),
+            Some(s) if s.workers > 1 => {
+                options.cache_root.join(format!("{digest:016x}-shard{}of{}", s.worker, s.workers))
+            }
+            _ => options.cache_root.join(format!("{digest:016x}")),
         };
 
         let mut caches = Vec::new();
@@ -460,6 +463,27 @@ fn symlink_problem(path: &Path, error: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_parse_and_share_out_every_file_to_exactly_one_worker_stably() {
+        assert_eq!("1/3".parse::<Shard>().unwrap(), Shard { worker: 1, workers: 3 });
+        assert_eq!(Shard { worker: 1, workers: 3 }.to_string(), "1/3");
+        for bad in ["3/3", "0/0", "1", "a/2", "-1/2", ""] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad:?} parsed");
+        }
+        let keys: Vec<String> = (0..3000).map(|i| format!("album {}/IMG_{i:04}.jpg", i % 7)).collect();
+        let shards: Vec<Shard> = (0..3).map(|worker| Shard { worker, workers: 3 }).collect();
+        let mut sizes = [0usize; 3];
+        for key in &keys {
+            let owners: Vec<usize> = (0..3).filter(|&w| shards[w].owns(key)).collect();
+            assert_eq!(owners.len(), 1, "{key} belongs to {owners:?}");
+            sizes[owners[0]] += 1;
+            assert!(key_bucket(key) < 1 << 31);
+        }
+        assert!(sizes.iter().all(|&n| (900..=1100).contains(&n)), "unbalanced: {sizes:?}");
+        // The same worker on every machine and in every version: the sha256 of the key.
+        assert_eq!(key_bucket("a.jpg"), 676_169_379);
+    }
 
     #[test]
     fn lists_images_recursively_and_counts_the_rest() {

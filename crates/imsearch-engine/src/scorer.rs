@@ -906,6 +906,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn rows_as_bytes_read_back_bit_for_bit_and_their_like_vectors_give_likeness() {
+        let images = random(1100, 24, 7);
+        let texts = random(3, 12, 8);
+        let e = Ensemble::new(vec![
+            (Arc::new(fusion(24)) as Arc<dyn Scorer>, 1.0),
+            (Arc::new(BankNormalised::new(Arc::new(fusion(24)), random(20, 12, 9))), 0.5),
+        ]);
+        let prepared = e.prepare(&images).unwrap().without_features();
+        // Rows one by one, as a store keeps them, read back in blocks: the same scores, bit for bit.
+        let rows: Vec<Vec<u8>> = (0..prepared.len()).map(|r| prepared.row_bytes(r).unwrap()).collect();
+        let back = Prepared::from_row_bytes(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+        assert_eq!(back.len(), 1100);
+        assert_eq!(e.matrix(&back, &texts).unwrap(), e.matrix(&prepared, &texts).unwrap());
+        // A row that does not read is named.
+        let mut broken: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        broken[1030] = b"not a row";
+        let err = Prepared::from_row_bytes(&broken).err().expect("a broken row").to_string();
+        assert!(err.contains("1030"), "{err}");
+
+        // The inner product of two like vectors is the likeness of the two rows.
+        let norms = space_norms(&prepared).unwrap();
+        let like = likeness(&prepared, &norms, &prepared, 5).unwrap();
+        let v5 = prepared.like_vector(5).unwrap();
+        for other in [0, 5, 600, 1099] {
+            let vo = prepared.like_vector(other).unwrap();
+            assert_eq!(vo.len(), v5.len());
+            let dot: f32 = v5.iter().zip(&vo).map(|(a, b)| a * b).sum();
+            assert!((dot - like[other]).abs() < 1e-4, "row {other}: {dot} against {}", like[other]);
+        }
+        let self_dot: f32 = v5.iter().map(|x| x * x).sum();
+        assert!((self_dot - 1.0).abs() < 1e-4, "a row is as like itself as can be: {self_dot}");
+    }
+
+    #[test]
     fn scorers_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Fusion>();

@@ -169,6 +169,12 @@ impl Install {
     }
 }
 
+/// The pinned server if it is wholly installed under `cache_dir` (nothing is downloaded).
+pub fn installed(cache_dir: &Path) -> Option<Install> {
+    let install = Install::at(cache_dir.join(format!("milvus-{MILVUS_VERSION}")));
+    install.is_complete().then_some(install)
+}
+
 /// Installs the pinned wheel into a venv under `cache_dir` once and decompresses its binaries
 /// into `<cache_dir>/milvus-2.3.5/bin`.
 ///

@@ -459,6 +459,8 @@ struct BenchReport {
     insert_rows_per_second: f64,
     writers: Vec<WriterFigures>,
     flush_seconds: f64,
+    /// Every row read back whole, as `search`/`serve --store` do at start.
+    read_all_seconds: f64,
     flat: Latency,
     hnsw: Latency,
     clusters: usize,
@@ -565,6 +567,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let flushed = Instant::now();
     store.flush()?;
     let flush_seconds = flushed.elapsed().as_secs_f64();
+    // What a search server does at start: every row read back whole.
+    let read = Instant::now();
+    let back = store.rows()?.len();
+    let read_all_seconds = read.elapsed().as_secs_f64();
+    ensure!(back == args.rows, "{back} rows read back, {} were written", args.rows);
     ensure!(store.count()? == args.rows, "the collection holds {} rows, {} were written", store.count()?, args.rows);
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -596,6 +603,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         state_bytes: args.state_bytes,
         insert_rows_per_second: insert,
         writers,
+        read_all_seconds,
         flush_seconds,
         flat,
         hnsw,

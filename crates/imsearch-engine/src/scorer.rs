@@ -922,7 +922,7 @@ pub(crate) mod tests {
         // A row that does not read is named.
         let mut broken: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
         broken[1030] = b"not a row";
-        let err = Prepared::from_row_bytes(&broken).err().expect("a broken row").to_string();
+        let err = Prepared::from_row_bytes(&broken).expect_err("a broken row").to_string();
         assert!(err.contains("1030"), "{err}");
 
         // The inner product of two like vectors is the likeness of the two rows.

@@ -35,9 +35,14 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// 65,535 bytes).
 pub const MAX_STATE_BYTES: usize = 49_000;
 
-/// Rows per upsert request and per page read back (a row of the default engine is about 9 KB
-/// on the wire; gRPC messages stay well under Milvus's 64 MB limit).
+/// Rows per upsert request (a row of the default engine is about 10 KB on the wire; a request
+/// stays well under the server's 64 MB limit).
 const ROWS_PER_REQUEST: usize = 512;
+/// Rows per page read back, on average. The client reads answers of at most 4 MB (tonic's
+/// default, which the SDK does not let us raise): 192 rows of the default engine are about 2 MB,
+/// and a page whose answer is larger still (larger engine state, an unlucky range) is split in
+/// two and read again.
+const ROWS_PER_READ: usize = 192;
 
 const KEY: &str = "key";
 const HASH: &str = "hash";
@@ -75,6 +80,19 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The server's answer was larger than the client reads in one message (gRPC's
+    /// `OUT_OF_RANGE`); the same request for fewer rows succeeds.
+    fn is_answer_too_large(&self) -> bool {
+        match self {
+            Error::Milvus { source, .. } => {
+                matches!(&**source, milvus::error::Error::Grpc(status) if status.code() == tonic::Code::OutOfRange)
+            }
+            _ => false,
+        }
+    }
+}
 
 /// Where a collection lives: `milvus://HOST:PORT/COLLECTION`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,12 +455,20 @@ impl MilvusStore {
     /// The rows of `keys` that exist, whole, sorted by key.
     pub fn rows_by_key(&self, keys: &[String]) -> Result<Vec<StoredRow>> {
         let mut rows = Vec::new();
-        for chunk in keys.chunks(ROWS_PER_REQUEST) {
+        let mut chunks: Vec<&[String]> = keys.chunks(ROWS_PER_READ).rev().collect();
+        while let Some(chunk) = chunks.pop() {
             let options = QueryOptions::new().output_fields(ALL_FIELDS.iter().map(|f| (*f).to_owned()).collect());
             let filter = self.keys_filter(chunk)?;
             let name = self.url.collection.clone();
-            let columns = self.call("query", |c| async move { c.query(name, filter.as_str(), &options).await })?;
-            rows.extend(self.parse_rows(&columns)?);
+            match self.call("query", |c| async move { c.query(name, filter.as_str(), &options).await }) {
+                Ok(columns) => rows.extend(self.parse_rows(&columns)?),
+                Err(e) if e.is_answer_too_large() && chunk.len() > 1 => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    chunks.push(b);
+                    chunks.push(a);
+                }
+                Err(e) => return Err(e),
+            }
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(rows)
@@ -551,7 +577,7 @@ impl MilvusStore {
         let name = self.url.collection.clone();
         let stats = self.call("get_collection_stats", |c| async move { c.get_collection_stats(&name).await })?;
         let rows: u64 = stats.get("row_count").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let pages = (rows / ROWS_PER_REQUEST as u64 + 1).min(1 << 20);
+        let pages = (rows / ROWS_PER_READ as u64 + 1).min(1 << 20);
         let span = (BUCKETS / pages).max(1);
         let mut ranges: Vec<(u64, u64)> =
             (0..pages).map(|p| (p * span, if p + 1 == pages { BUCKETS } else { (p + 1) * span })).collect();
@@ -566,7 +592,16 @@ impl MilvusStore {
                 .limit(QUERY_WINDOW as i64)
                 .output_fields(fields.iter().map(|f| (*f).to_owned()).collect());
             let name = self.url.collection.clone();
-            let page = self.call("query", |c| async move { c.query(name, filter.as_str(), &options).await })?;
+            let page = match self.call("query", |c| async move { c.query(name, filter.as_str(), &options).await }) {
+                Ok(page) => page,
+                Err(e) if e.is_answer_too_large() && hi - lo > 1 => {
+                    let mid = lo + (hi - lo) / 2;
+                    ranges.push((mid, hi));
+                    ranges.push((lo, mid));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let len = page.iter().find(|c| c.name == KEY).map_or(0, FieldColumn::len);
             if len >= QUERY_WINDOW && hi - lo > 1 {
                 let mid = lo + (hi - lo) / 2;

@@ -97,3 +97,30 @@ fn rows_are_written_whole_read_back_exactly_by_shard_replaced_deleted_and_search
     assert!(err.contains("photo-05000"), "{err}");
     store.drop_collection().unwrap();
 }
+
+/// The client reads answers of at most 4 MB: reading back rows with the largest engine state
+/// (a page of them is about 10 MB) splits pages until each answer fits, and loses nothing.
+#[test]
+fn rows_larger_than_one_answer_holds_are_read_back_whole_by_smaller_pages() {
+    let server = crate::server_for_tests();
+    let url: StoreUrl = format!("milvus://{}/it_big_{}", server.address, std::process::id()).parse().unwrap();
+    let store = MilvusStore::connect(&url, Duration::from_secs(60)).unwrap();
+    let dim = 1408;
+    let spec = CollectionSpec { like_dim: dim, made_by: "big rows".into() };
+    store.create_or_open(&spec).unwrap();
+    let mut rows: Vec<StoredRow> = (0..400)
+        .map(|i| StoredRow {
+            state: (0..imsearch_store::collection::MAX_STATE_BYTES).map(|b| (b * 31 + i) as u8).collect(),
+            ..row(i, dim)
+        })
+        .collect();
+    store.upsert(&rows, &spec).unwrap();
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let back = store.rows().unwrap();
+    assert_eq!(back.len(), rows.len());
+    assert!(back == rows, "rows read back differ from those written");
+    let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+    let by_key = store.rows_by_key(&keys).unwrap();
+    assert!(by_key == rows, "rows read back by key differ from those written");
+    store.drop_collection().unwrap();
+}

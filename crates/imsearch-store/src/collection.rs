@@ -244,11 +244,19 @@ impl MilvusStore {
         F: FnOnce(&'a Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, milvus::error::Error>> + 'a,
     {
+        self.call_within(call, self.timeout, f)
+    }
+
+    fn call_within<'a, T, F, Fut>(&'a self, call: &'static str, timeout: Duration, f: F) -> Result<T>
+    where
+        F: FnOnce(&'a Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, milvus::error::Error>> + 'a,
+    {
         let address = self.url.address();
-        match self.runtime.block_on(async { tokio::time::timeout(self.timeout, f(&self.client)).await }) {
+        match self.runtime.block_on(async { tokio::time::timeout(timeout, f(&self.client)).await }) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(Error::Milvus { address, call, source: Box::new(source) }),
-            Err(_) => Err(Error::Timeout { address, call, timeout: self.timeout }),
+            Err(_) => Err(Error::Timeout { address, call, timeout }),
         }
     }
 
@@ -353,8 +361,11 @@ impl MilvusStore {
             ),
         };
         let params = IndexParams::new(INDEX_NAME.to_owned(), kind, MetricType::IP, params);
+        // The SDK's create_index waits until the index is built: minutes for a graph over a
+        // large collection (128 s for HNSW over 100,000 rows here), so it gets a longer deadline.
         let name = self.url.collection.clone();
-        self.call("create_index", |c| async move { c.create_index(name, LIKE, params).await })?;
+        let build = self.timeout.max(INDEX_BUILD_TIMEOUT);
+        self.call_within("create_index", build, |c| async move { c.create_index(name, LIKE, params).await })?;
         self.ef.store(ef, Ordering::Relaxed);
         self.load()
     }
@@ -626,6 +637,9 @@ impl MilvusStore {
         Ok(all)
     }
 }
+
+/// How long building a vector index may take (the SDK waits for the build to finish).
+const INDEX_BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Buckets are 31-bit: `0..BUCKETS`.
 const BUCKETS: u64 = 1 << 31;

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context, Result};
 use candle::{Device, Tensor};
 use imsearch_data::Dataset;
+use imsearch_engine::EncodeTimes;
 use imsearch_index::{CacheStats, Checkpoint, Content, EmbeddingCache, Item};
 use imsearch_models::ModelStore;
 use imsearch_vision::{EncoderKind, ImageEncoder, View};
@@ -112,55 +113,102 @@ pub(crate) struct Embeddings {
 pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> Result<Embeddings> {
     let dir = opts.workdir().join("embeddings");
     let views = opts.views()?;
-    let mut images = Vec::new();
+    let mut encoders = Vec::new();
+    let mut ids = Vec::new();
     for kind in opts.kinds()? {
         let files = crate::models::ensure(store, kind.id())?;
         let encoder = imsearch_vision::load(kind, &files.weights, &Device::Cpu)
             .with_context(|| format!("failed to load {kind}"))?;
-        let id = opts.image_model_id(kind);
-        let train: Vec<Item> = ds
-            .train_images()
-            .into_iter()
-            .filter(|i| ds.train_image_files.contains(i))
-            .map(|i| Item::file(i.as_str(), ds.train_image_path(&i)))
-            .collect();
-        let test: Vec<Item> =
-            ds.test_images.iter().map(|r| Item::file(r.image.as_str(), ds.test_image_path(&r.image))).collect();
-        let train_cache = embed_images(encoder.as_ref(), &id, &views, &train, opts.batch, &dir.join(&id), "train")?;
-        let test_cache = embed_images(encoder.as_ref(), &id, &views, &test, opts.batch, &dir.join(&id), "test")?;
-        images.push((id, train_cache, test_cache));
+        encoders.push(encoder);
+        ids.push(opts.image_model_id(kind));
     }
+    let encoders: Vec<&dyn ImageEncoder> = encoders.iter().map(|e| e.as_ref()).collect();
+    let train: Vec<Item> = ds
+        .train_images()
+        .into_iter()
+        .filter(|i| ds.train_image_files.contains(i))
+        .map(|i| Item::file(i.as_str(), ds.train_image_path(&i)))
+        .collect();
+    let test: Vec<Item> =
+        ds.test_images.iter().map(|r| Item::file(r.image.as_str(), ds.test_image_path(&r.image))).collect();
+    let mut times = EncodeTimes::default();
+    let train_caches = embed_images(&encoders, &ids, &views, &train, opts.batch, &dir, "train", &mut times)?;
+    let test_caches = embed_images(&encoders, &ids, &views, &test, opts.batch, &dir, "test", &mut times)?;
+    if times.images > 0 {
+        println!("{}", stage_report(&times));
+    }
+    let images =
+        ids.into_iter().zip(train_caches).zip(test_caches).map(|((id, train), test)| (id, train, test)).collect();
     let texts = embed_texts(ds, store, &dir)?;
     Ok(Embeddings { dir, images, texts })
 }
 
-/// Brings the cache `<dir>/<collection>.safetensors` in line with `items`.
+/// Where encoding the images took its time, one stage per line.
+pub(crate) fn stage_report(times: &EncodeTimes) -> String {
+    let total = times.total();
+    let share = |s: f64| if total > 0.0 { 100.0 * s / total } else { 0.0 };
+    let mut out = format!("encoding {} images: {total:.1} s in these stages", times.images);
+    for (stage, s) in [("read", times.read), ("decode", times.decode), ("resize, crop, normalise", times.views)] {
+        out += &format!("\n  {stage:<28} {s:>7.1} s {:>5.1} %", share(s));
+    }
+    for (id, s) in &times.forward {
+        let rate = if *s > 0.0 { times.images as f64 / s } else { 0.0 };
+        out += &format!("\n  {:<28} {s:>7.1} s {:>5.1} %  {rate:.1} images/s", format!("forward {id}"), share(*s));
+    }
+    out
+}
+
+/// Brings the caches `<dir>/<id>/<collection>.safetensors` of every encoder in line with
+/// `items` in one pass: each file is read and decoded once for all the encoders (see
+/// `imsearch_engine::encode_images_all`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn embed_images(
-    encoder: &dyn ImageEncoder,
-    model_id: &str,
+    encoders: &[&dyn ImageEncoder],
+    ids: &[String],
     views: &[View],
     items: &[Item],
     batch: usize,
     dir: &Path,
     collection: &str,
-) -> Result<EmbeddingCache> {
-    let path = dir.join(format!("{collection}.safetensors"));
-    let mut cache = open_cache(&path, model_id, encoder.dim())?;
-    let bar = crate::progress::bar(items.len() as u64, &format!("{model_id} {collection}"), "images");
+    times: &mut EncodeTimes,
+) -> Result<Vec<EmbeddingCache>> {
+    let paths: Vec<PathBuf> = ids.iter().map(|id| dir.join(id).join(format!("{collection}.safetensors"))).collect();
+    let mut caches = Vec::new();
+    for ((encoder, id), path) in encoders.iter().zip(ids).zip(&paths) {
+        caches.push(open_cache(path, id, encoder.dim())?);
+    }
+    let checkpoints: Vec<Checkpoint> = paths.iter().map(Checkpoint::to).collect();
+    let label = format!("{} {collection}", encoders.iter().map(|e| e.id()).collect::<Vec<_>>().join(", "));
+    let bar = crate::progress::bar(items.len() as u64, &label, "images");
     let start = Instant::now();
-    let stats = cache.refresh_saving(
+    let all_stats = EmbeddingCache::refresh_together(
+        &mut caches,
         items,
         batch,
-        Some(&Checkpoint::to(&path)),
-        |batch| imsearch_engine::encode_images(encoder, views, batch),
+        &checkpoints.iter().map(Some).collect::<Vec<_>>(),
+        |batch, need| {
+            let chosen: Vec<&dyn ImageEncoder> = need.iter().map(|&c| encoders[c]).collect();
+            imsearch_engine::encode_images_all(&chosen, views, batch, times)
+        },
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
-    report(model_id, collection, &stats, start);
-    if stats.changed() {
-        cache.save(&path)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let encoded = all_stats.iter().map(|s| s.encoded).max().unwrap_or(0);
+    if encoded > 0 && encoders.len() > 1 {
+        println!(
+            "{collection}: {encoded} images read and decoded once for {} encoders in {elapsed:.1} s, {:.1} images/s",
+            encoders.len(),
+            encoded as f64 / elapsed
+        );
     }
-    Ok(cache)
+    for ((cache, stats), (id, path)) in caches.iter().zip(&all_stats).zip(ids.iter().zip(&paths)) {
+        report(id, collection, stats, (encoders.len() == 1).then_some(start));
+        if stats.changed() {
+            cache.save(path)?;
+        }
+    }
+    Ok(caches)
 }
 
 /// The text-cache key of ImageNet class `i` (not a query id: it has no `#`).
@@ -225,7 +273,7 @@ pub(crate) fn embed_texts(ds: &Dataset, store: &ModelStore, dir: &Path) -> Resul
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
-    report(TEXT_MODEL, "captions", &stats, start);
+    report(TEXT_MODEL, "captions", &stats, Some(start));
     if stats.changed() {
         cache.save(&path)?;
     }
@@ -242,11 +290,20 @@ fn open_cache(path: &Path, model: &str, dim: usize) -> Result<EmbeddingCache> {
     Ok(cache)
 }
 
-fn report(model: &str, collection: &str, stats: &CacheStats, start: Instant) {
-    let secs = start.elapsed().as_secs_f64();
-    let rate = if stats.encoded > 0 { format!(", {:.1}/s", stats.encoded as f64 / secs) } else { String::new() };
+/// One line on what a refresh did; with `start`, how long it took (left out for encoders that
+/// shared one pass: the pass's line says).
+fn report(model: &str, collection: &str, stats: &CacheStats, start: Option<Instant>) {
+    let time = match start {
+        Some(start) => {
+            let secs = start.elapsed().as_secs_f64();
+            let rate =
+                if stats.encoded > 0 { format!(", {:.1}/s", stats.encoded as f64 / secs) } else { String::new() };
+            format!(" in {secs:.1} s{rate}")
+        }
+        None => String::new(),
+    };
     println!(
-        "{model} {collection}: {} encoded, {} reused, {} removed, {} failed in {secs:.1} s{rate}",
+        "{model} {collection}: {} encoded, {} reused, {} removed, {} failed{time}",
         stats.encoded,
         stats.reused,
         stats.removed,

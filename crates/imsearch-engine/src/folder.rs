@@ -8,6 +8,7 @@ use std::{
 };
 
 use candle::Device;
+use image::RgbImage;
 use imsearch_index::{Checkpoint, Content, EmbeddingCache, Item};
 use imsearch_vision::{EncoderKind, ImageEncoder, View};
 use serde::Serialize;
@@ -175,14 +176,16 @@ impl FolderIndex {
         };
 
         let mut caches = Vec::new();
+        let mut checkpoints = Vec::new();
+        // Loaded only when an encoder has work to do.
+        let mut encoders: Vec<Option<Box<dyn ImageEncoder>>> = Vec::new();
         // Entries the listing skipped (broken links, special files), then files that failed.
         let mut skipped: BTreeMap<String, String> = listing.skipped.into_iter().map(|s| (s.file, s.reason)).collect();
         let mut rebuilt = Vec::new();
-        let (mut encoded, mut reused, mut removed) = (0, usize::MAX, 0);
         for (kind, id) in &options.encoders {
             let path = cache_dir.join(format!("{id}.safetensors"));
             let mut encoder: Option<Box<dyn ImageEncoder>> = None;
-            let mut cache = match EmbeddingCache::load(&path) {
+            let cache = match EmbeddingCache::load(&path) {
                 Ok(Some(cache)) if cache.model() == id => cache,
                 other => {
                     if let Err(e) = other {
@@ -193,32 +196,44 @@ impl FolderIndex {
                     EmbeddingCache::new(id.clone(), enc.dim())
                 }
             };
-            let mut fatal = None;
-            // Saved as it goes: a search killed while indexing resumes from the last save.
-            let stats = cache.refresh_saving(
-                &items,
-                options.batch,
-                Some(&Checkpoint::to(&path)),
-                |batch| {
-                    let enc = match &encoder {
-                        Some(e) => e,
-                        None => match load_encoder(*kind) {
-                            Ok(e) => encoder.insert(e),
+            caches.push(cache);
+            checkpoints.push(Checkpoint::to(&path));
+            encoders.push(encoder);
+        }
+        let label = options.encoders.iter().map(|(kind, _)| kind.id()).collect::<Vec<_>>().join(", ");
+        let mut fatal = None;
+        // One pass: each new or changed file is read and decoded once for every encoder, and
+        // every cache is saved as it goes (a search killed while indexing resumes from the
+        // last save).
+        let all_stats = EmbeddingCache::refresh_together(
+            &mut caches,
+            &items,
+            options.batch,
+            &checkpoints.iter().map(Some).collect::<Vec<_>>(),
+            |batch, need| {
+                for &c in need {
+                    if encoders[c].is_none() {
+                        match load_encoder(options.encoders[c].0) {
+                            Ok(e) => encoders[c] = Some(e),
                             Err(why) => {
                                 fatal.get_or_insert(why.clone());
-                                return batch.iter().map(|_| Err(why.clone())).collect();
+                                return batch.iter().map(|_| need.iter().map(|_| Err(why.clone())).collect()).collect();
                             }
-                        },
-                    };
-                    encode_images(enc.as_ref(), &options.views, batch)
-                },
-                |done| progress(kind.id(), done, items.len()),
-            )?;
-            if let Some(why) = fatal {
-                return Err(Error::Invalid(why));
-            }
+                        }
+                    }
+                }
+                let chosen: Vec<&dyn ImageEncoder> = need.iter().filter_map(|&c| encoders[c].as_deref()).collect();
+                encode_images_all(&chosen, &options.views, batch, &mut EncodeTimes::default())
+            },
+            |done| progress(&label, done, items.len()),
+        )?;
+        if let Some(why) = fatal {
+            return Err(Error::Invalid(why));
+        }
+        let (mut encoded, mut reused, mut removed) = (0, usize::MAX, 0);
+        for ((cache, stats), checkpoint) in caches.iter().zip(all_stats).zip(&checkpoints) {
             if stats.changed() {
-                cache.save(&path)?;
+                cache.save(&checkpoint.path)?;
             }
             // Per image, not per encoder run: every encoder sees the same files.
             encoded = encoded.max(stats.encoded);
@@ -227,7 +242,6 @@ impl FolderIndex {
             for (key, why) in stats.failed {
                 skipped.entry(key).or_insert(why);
             }
-            caches.push(cache);
         }
 
         let rows: Vec<HashMap<&str, usize>> =
@@ -316,38 +330,138 @@ pub fn encode_file(
     Ok(row)
 }
 
-/// Features of a batch of image files, averaged over `views`. A batch with an unreadable file
-/// is retried file by file, so only that file fails.
+/// Features of a batch of image files, averaged over `views`: [`encode_images_all`] with one
+/// encoder.
 pub fn encode_images(encoder: &dyn ImageEncoder, views: &[View], items: &[Item]) -> Vec<Result<Vec<f32>, String>> {
-    let paths: Vec<&Path> = items
-        .iter()
-        .map(|i| match &i.content {
-            Content::File(p) => p.as_path(),
-            Content::Text(_) => Path::new(""),
-        })
-        .collect();
-    match features(encoder, views, &paths) {
-        Ok(rows) => rows.into_iter().map(Ok).collect(),
-        Err(_) if paths.len() > 1 => paths
-            .iter()
-            .map(|p| {
-                features(encoder, views, &[p]).map(|mut r| r.remove(0)).map_err(|e| crate::error::chain(e.as_ref()))
-            })
-            .collect(),
-        Err(e) => vec![Err(crate::error::chain(e.as_ref()))],
+    encode_images_all(&[encoder], views, items, &mut EncodeTimes::default())
+        .into_iter()
+        .map(|mut per_encoder| per_encoder.pop().unwrap_or_else(|| Err("not encoded".into())))
+        .collect()
+}
+
+/// Where the time of [`encode_images_all`] went, added up over its calls: wall-clock seconds
+/// of each stage. The stages run one after the other, each on every core (the forward passes
+/// split each batch across the cores).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EncodeTimes {
+    /// Files read and decoded.
+    pub images: usize,
+    /// Reading the files, and decoding them into RGB pixels (one parallel stage; its wall time
+    /// is split between the two by the threads' time in each).
+    pub read: f64,
+    pub decode: f64,
+    /// Resizing, cropping and normalising every encoder's views.
+    pub views: f64,
+    /// The forward passes, per encoder id, in the encoders' order.
+    pub forward: Vec<(String, f64)>,
+}
+
+impl EncodeTimes {
+    /// Seconds in all stages.
+    pub fn total(&self) -> f64 {
+        self.read + self.decode + self.views + self.forward.iter().map(|(_, s)| s).sum::<f64>()
     }
 }
 
-fn features(
-    encoder: &dyn ImageEncoder,
+/// Features of a batch of image files under several encoders, each averaged over `views`: a
+/// file is read and decoded once for all the encoders and views, and a resized copy is shared
+/// by every view and encoder of the same size. Returns per item one result per encoder, in
+/// the encoders' order. A file that cannot be read or decoded fails for every encoder with the
+/// reason; the other files of the batch are encoded. Adds the stages' time to `times`.
+pub fn encode_images_all(
+    encoders: &[&dyn ImageEncoder],
     views: &[View],
-    paths: &[&Path],
-) -> std::result::Result<Vec<Vec<f32>>, Box<dyn std::error::Error>> {
-    let xs = encoder.preprocess().load_batch(paths, views, &Device::Cpu)?;
-    let f = encoder.features(&xs)?;
-    let (_, dim) = f.dims2()?;
-    let f = f.reshape((paths.len(), views.len(), dim))?.mean(1)?;
-    Ok(f.to_vec2::<f32>()?)
+    items: &[Item],
+    times: &mut EncodeTimes,
+) -> Vec<Vec<Result<Vec<f32>, String>>> {
+    use rayon::prelude::*;
+    use std::time::{Duration, Instant};
+
+    let start = Instant::now();
+    let decoded: Vec<(std::result::Result<RgbImage, String>, Duration, Duration)> = items
+        .par_iter()
+        .map(|item| {
+            let Content::File(path) = &item.content else {
+                return (Err(format!("{} is a text, not an image file", item.key)), Duration::ZERO, Duration::ZERO);
+            };
+            let t0 = Instant::now();
+            let bytes = imsearch_vision::preprocess::read_image_file(path);
+            let read = t0.elapsed();
+            let t1 = Instant::now();
+            let image = bytes.and_then(|b| imsearch_vision::preprocess::decode_rgb(&b, path));
+            (image.map_err(|e| crate::error::chain(&e)), read, t1.elapsed())
+        })
+        .collect();
+    let wall = start.elapsed().as_secs_f64();
+    let (read, decode) =
+        decoded.iter().fold((0.0, 0.0), |(r, d), (_, a, b)| (r + a.as_secs_f64(), d + b.as_secs_f64()));
+    let busy = read + decode;
+    times.read += if busy > 0.0 { wall * read / busy } else { 0.0 };
+    times.decode += if busy > 0.0 { wall * decode / busy } else { wall };
+    times.images += items.len();
+
+    let mut out: Vec<Vec<Result<Vec<f32>, String>>> =
+        items.iter().map(|_| Vec::with_capacity(encoders.len())).collect();
+    // The decoded images and their resized copies; `rows[j]` is the item of `prepared[j]`.
+    let mut rows = Vec::new();
+    let mut prepared: Vec<(RgbImage, Vec<(u32, RgbImage)>)> = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (image, _, _)) in decoded.into_iter().enumerate() {
+        match image {
+            Ok(img) => {
+                rows.push(i);
+                prepared.push((img, Vec::new()));
+            }
+            Err(why) => failed.push((i, why)),
+        }
+    }
+    for encoder in encoders {
+        for (i, why) in &failed {
+            out[*i].push(Err(why.clone()));
+        }
+        let config = encoder.preprocess();
+        let n = config.image_len() * views.len();
+        let t = Instant::now();
+        let mut data = vec![0f32; prepared.len() * n];
+        let made = config.validate().and_then(|()| {
+            data.par_chunks_mut(n.max(1))
+                .zip(prepared.par_iter_mut())
+                .try_for_each(|(out, (img, resized))| config.views_into(img, views, out, resized))
+        });
+        times.views += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let features = made.map_err(|e| crate::error::chain(&e)).and_then(|()| {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let side = config.crop as usize;
+            let run = || -> candle::Result<Vec<Vec<f32>>> {
+                let xs = candle::Tensor::from_vec(data, (rows.len() * views.len(), 3, side, side), &Device::Cpu)?;
+                let f = encoder.features(&xs)?;
+                let (_, dim) = f.dims2()?;
+                f.reshape((rows.len(), views.len(), dim))?.mean(1)?.to_vec2::<f32>()
+            };
+            run().map_err(|e| format!("{}: {}", encoder.id(), crate::error::chain(&e)))
+        });
+        let seconds = t.elapsed().as_secs_f64();
+        match times.forward.iter_mut().find(|(id, _)| id == encoder.id()) {
+            Some((_, s)) => *s += seconds,
+            None => times.forward.push((encoder.id().to_owned(), seconds)),
+        }
+        match features {
+            Ok(features) => {
+                for (&i, f) in rows.iter().zip(features) {
+                    out[i].push(Ok(f));
+                }
+            }
+            Err(why) => {
+                for &i in &rows {
+                    out[i].push(Err(why.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The image files under `root` as (path relative to `root` with `/` separators, path), sorted,

@@ -399,118 +399,217 @@ impl EmbeddingCache {
         batch: usize,
         checkpoint: Option<&Checkpoint>,
         mut encode: impl FnMut(&[Item]) -> Vec<Result<Vec<f32>, String>>,
-        mut progress: impl FnMut(usize),
+        progress: impl FnMut(usize),
     ) -> Result<CacheStats> {
-        let mut stats = CacheStats::default();
-        let by_hash: HashMap<&str, usize> = self.meta.hashes.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
-        let mut plan: Vec<(Source, String, Option<Stamp>)> = Vec::with_capacity(items.len());
-        let mut todo: Vec<usize> = Vec::new();
-        let fail = |stats: &mut CacheStats, key: &str, e: Error| {
-            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-            stats.failed.push((key.to_owned(), format!("{e}{cause}")));
-        };
-        for (n, item) in items.iter().enumerate() {
-            let old = self.index.get(item.key.as_str()).copied();
-            let stamp = match &item.content {
-                Content::File(path) => match Stamp::of(path) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        fail(&mut stats, &item.key, e);
-                        plan.push((Source::Failed, String::new(), None));
-                        continue;
-                    }
-                },
-                Content::Text(_) => None,
-            };
-            if let (Some(i), Some(s)) = (old, stamp) {
-                if self.meta.stamps[i] == Some(s) {
-                    stats.unread += 1;
-                    plan.push((Source::Same, self.meta.hashes[i].clone(), stamp));
-                    continue;
-                }
+        let stats = Self::refresh_together(
+            std::slice::from_mut(self),
+            items,
+            batch,
+            &[checkpoint],
+            |batch, _| encode(batch).into_iter().map(|r| vec![r]).collect(),
+            progress,
+        )?;
+        Ok(stats.into_iter().next().unwrap_or_default())
+    }
+
+    /// Brings several caches of the same items (one per encoder, say) in line with `items` in
+    /// one pass, as [`refresh_saving`](Self::refresh_saving) does for one: each file's stamp is
+    /// taken once and its content hashed at most once, whatever the number of caches, and an
+    /// item that several caches lack is handed to `encode` once for all of them, so the encoder
+    /// side can read and decode the file once.
+    ///
+    /// `checkpoints` has one entry per cache (missing entries: no checkpoint). `encode` gets a
+    /// batch of items and the positions (in `caches`) of the caches that need them, the same
+    /// for the whole batch, and returns per item one result per such cache, in that order.
+    /// Returns each cache's statistics, in the caches' order.
+    pub fn refresh_together(
+        caches: &mut [EmbeddingCache],
+        items: &[Item],
+        batch: usize,
+        checkpoints: &[Option<&Checkpoint>],
+        mut encode: impl FnMut(&[Item], &[usize]) -> Vec<Vec<Result<Vec<f32>, String>>>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<CacheStats>> {
+        let m = caches.len();
+        let mut stats = vec![CacheStats::default(); m];
+        let fail = |stats: &mut [CacheStats], key: &str, e: &Error| {
+            let cause = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
+            for s in stats.iter_mut() {
+                s.failed.push((key.to_owned(), format!("{e}{cause}")));
             }
-            let hash = match item.content_hash() {
-                Ok(h) => h,
-                Err(e) => {
-                    fail(&mut stats, &item.key, e);
-                    plan.push((Source::Failed, String::new(), None));
-                    continue;
+        };
+        // Per item: its stamp, its hash (when some cache needed it) and each cache's source.
+        let mut plans: Vec<Plan> = Vec::with_capacity(items.len());
+        // Per item that some cache must encode: which caches.
+        let mut todo: Vec<(usize, Vec<usize>)> = Vec::new();
+        {
+            let by_hash: Vec<HashMap<&str, usize>> = caches
+                .iter()
+                .map(|c| c.meta.hashes.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect())
+                .collect();
+            for (n, item) in items.iter().enumerate() {
+                let stamp = match &item.content {
+                    Content::File(path) => match Stamp::of(path) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            fail(&mut stats, &item.key, &e);
+                            plans.push(Plan::failed());
+                            continue;
+                        }
+                    },
+                    Content::Text(_) => None,
+                };
+                let old: Vec<Option<usize>> = caches.iter().map(|c| c.index.get(item.key.as_str()).copied()).collect();
+                let unchanged = |c: usize| match (old[c], stamp) {
+                    (Some(i), Some(s)) => caches[c].meta.stamps[i] == Some(s),
+                    _ => false,
+                };
+                let mut hash = None;
+                if (0..m).any(|c| !unchanged(c)) {
+                    match item.content_hash() {
+                        Ok(h) => hash = Some(h),
+                        Err(e) => {
+                            fail(&mut stats, &item.key, &e);
+                            plans.push(Plan::failed());
+                            continue;
+                        }
+                    }
                 }
-            };
-            let source = match (old, by_hash.get(hash.as_str())) {
-                (Some(i), _) if self.meta.hashes[i] == hash => {
-                    stats.restamped += usize::from(stamp.is_some());
-                    Source::Same
+                let mut sources = Vec::with_capacity(m);
+                let mut hashes = Vec::with_capacity(m);
+                let mut need = Vec::new();
+                for c in 0..m {
+                    let cache = &caches[c];
+                    let (source, h) = match old[c] {
+                        Some(i) if unchanged(c) => {
+                            stats[c].unread += 1;
+                            (Source::Same, cache.meta.hashes[i].clone())
+                        }
+                        old_row => {
+                            // Hashed above: some cache (this one) saw a change.
+                            let h = hash.clone().unwrap_or_default();
+                            let source = match (old_row, by_hash[c].get(h.as_str())) {
+                                (Some(i), _) if cache.meta.hashes[i] == h => {
+                                    stats[c].restamped += usize::from(stamp.is_some());
+                                    Source::Same
+                                }
+                                (_, Some(&j)) => {
+                                    stats[c].moved += 1;
+                                    Source::Moved(cache.row(j).to_vec())
+                                }
+                                _ => {
+                                    need.push(c);
+                                    Source::Encode
+                                }
+                            };
+                            (source, h)
+                        }
+                    };
+                    sources.push(source);
+                    hashes.push(h);
                 }
-                (_, Some(&j)) => {
-                    stats.moved += 1;
-                    Source::Moved(self.row(j).to_vec())
+                if !need.is_empty() {
+                    todo.push((n, need));
                 }
-                _ => {
-                    todo.push(n);
-                    Source::Encode
-                }
-            };
-            plan.push((source, hash, stamp));
+                plans.push(Plan { sources, hashes, stamp, encoded: vec![false; m] });
+            }
         }
-        drop(by_hash);
 
         let mut done = items.len() - todo.len();
         progress(done);
-        let (mut since_save, mut last_save) = (0usize, std::time::Instant::now());
-        let mut encoded_ok = vec![false; items.len()];
-        for chunk in todo.chunks(batch.max(1)) {
-            let batch_items: Vec<Item> = chunk.iter().map(|&n| items[n].clone()).collect();
-            let results = encode(&batch_items);
-            for (&n, result) in chunk.iter().zip(results) {
-                let key = &items[n].key;
-                match result {
-                    Ok(v) if v.len() == self.meta.dim => {
-                        let (_, hash, stamp) = &plan[n];
-                        self.insert_stamped(key.clone(), hash.clone(), *stamp, &v)?;
-                        encoded_ok[n] = true;
-                        since_save += 1;
-                    }
-                    Ok(v) => stats.failed.push((
-                        key.clone(),
-                        format!("encoder returned {} values, expected {}", v.len(), self.meta.dim),
-                    )),
-                    Err(reason) => stats.failed.push((key.clone(), reason)),
-                }
+        let mut since_save = vec![0usize; m];
+        let mut last_save = vec![std::time::Instant::now(); m];
+        // Items needing the same caches go together, in the items' order.
+        let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        for (n, need) in todo {
+            match groups.iter_mut().find(|(g, _)| *g == need) {
+                Some((_, members)) => members.push(n),
+                None => groups.push((need, vec![n])),
             }
-            done += chunk.len();
-            progress(done);
-            if let Some(c) = checkpoint {
-                if since_save > 0 && (since_save >= c.every_items || last_save.elapsed() >= c.every) {
-                    self.save(&c.path)?;
-                    stats.checkpoints += 1;
-                    (since_save, last_save) = (0, std::time::Instant::now());
+        }
+        for (need, members) in &groups {
+            for chunk in members.chunks(batch.max(1)) {
+                let batch_items: Vec<Item> = chunk.iter().map(|&n| items[n].clone()).collect();
+                let results = encode(&batch_items, need);
+                for (j, &n) in chunk.iter().enumerate() {
+                    let key = &items[n].key;
+                    let mut per_cache = results.get(j).cloned().unwrap_or_default().into_iter();
+                    for &c in need {
+                        let cache = &mut caches[c];
+                        match per_cache.next() {
+                            Some(Ok(v)) if v.len() == cache.meta.dim => {
+                                let plan = &mut plans[n];
+                                cache.insert_stamped(key.clone(), plan.hashes[c].clone(), plan.stamp, &v)?;
+                                plan.encoded[c] = true;
+                                since_save[c] += 1;
+                            }
+                            Some(Ok(v)) => stats[c].failed.push((
+                                key.clone(),
+                                format!("encoder returned {} values, expected {}", v.len(), cache.meta.dim),
+                            )),
+                            Some(Err(reason)) => stats[c].failed.push((key.clone(), reason)),
+                            None => stats[c].failed.push((key.clone(), "the encoder returned no result".into())),
+                        }
+                    }
+                }
+                done += chunk.len();
+                progress(done);
+                for c in 0..m {
+                    if let Some(Some(cp)) = checkpoints.get(c) {
+                        if since_save[c] > 0 && (since_save[c] >= cp.every_items || last_save[c].elapsed() >= cp.every)
+                        {
+                            caches[c].save(&cp.path)?;
+                            stats[c].checkpoints += 1;
+                            (since_save[c], last_save[c]) = (0, std::time::Instant::now());
+                        }
+                    }
                 }
             }
         }
 
-        let mut fresh = EmbeddingCache::new(self.meta.model.clone(), self.meta.dim);
-        for (n, (item, (source, hash, stamp))) in items.iter().zip(plan).enumerate() {
-            let row = match &source {
-                Source::Failed => continue,
-                Source::Encode if !encoded_ok[n] => continue,
-                Source::Moved(v) => v.as_slice(),
-                Source::Same | Source::Encode => {
-                    let Some(&i) = self.index.get(item.key.as_str()) else { continue };
-                    self.row(i)
-                }
-            };
-            fresh.insert_stamped(item.key.clone(), hash, stamp, row)?;
-            match source {
-                Source::Encode => stats.encoded += 1,
-                _ => stats.reused += 1,
-            }
-        }
         let kept: std::collections::HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        stats.removed = self.meta.keys.iter().filter(|k| !kept.contains(k.as_str())).count();
-        // Keys encoded now that were listed are kept; keys only in the old cache are removed.
-        *self = fresh;
+        for (c, cache) in caches.iter_mut().enumerate() {
+            let mut fresh = EmbeddingCache::new(cache.meta.model.clone(), cache.meta.dim);
+            for (item, plan) in items.iter().zip(&mut plans) {
+                let Some(source) = plan.sources.get_mut(c) else { continue };
+                let row = match &*source {
+                    Source::Failed => continue,
+                    Source::Encode if !plan.encoded[c] => continue,
+                    Source::Moved(v) => v.as_slice(),
+                    Source::Same | Source::Encode => {
+                        let Some(&i) = cache.index.get(item.key.as_str()) else { continue };
+                        cache.row(i)
+                    }
+                };
+                fresh.insert_stamped(item.key.clone(), std::mem::take(&mut plan.hashes[c]), plan.stamp, row)?;
+                match source {
+                    Source::Encode => stats[c].encoded += 1,
+                    _ => stats[c].reused += 1,
+                }
+                // The moved row is copied; free it.
+                *source = Source::Failed;
+            }
+            stats[c].removed = cache.meta.keys.iter().filter(|k| !kept.contains(k.as_str())).count();
+            // Keys encoded now that were listed are kept; keys only in the old cache are removed.
+            *cache = fresh;
+        }
         Ok(stats)
+    }
+}
+
+/// How one listed item gets its row in each cache of a refresh.
+struct Plan {
+    sources: Vec<Source>,
+    hashes: Vec<String>,
+    stamp: Option<Stamp>,
+    /// Per cache: whether the item was encoded.
+    encoded: Vec<bool>,
+}
+
+impl Plan {
+    /// An item that could not be read: no row in any cache.
+    fn failed() -> Self {
+        Plan { sources: Vec::new(), hashes: Vec::new(), stamp: None, encoded: Vec::new() }
     }
 }
 
@@ -544,6 +643,65 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn refresh_together_encodes_each_item_once_for_every_cache_that_lacks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = items(dir.path(), &[("a", "aaa"), ("b", "bb"), ("c", "c"), ("d", "bad")]);
+        // Cache 0 already has a and b; cache 1 is new.
+        let mut warm = EmbeddingCache::new("m0", 2);
+        warm.refresh(&all[..2], 8, |b| encode(b, &mut 0), |_| {}).unwrap();
+        let mut caches = vec![warm, EmbeddingCache::new("m1", 2)];
+        let mut calls: Vec<(Vec<String>, Vec<usize>)> = Vec::new();
+        let stats = EmbeddingCache::refresh_together(
+            &mut caches,
+            &all,
+            8,
+            &[None, None],
+            |batch, need| {
+                calls.push((batch.iter().map(|i| i.key.clone()).collect(), need.to_vec()));
+                // Cache 1's rows differ from cache 0's: the first value doubled.
+                encode(batch, &mut 0)
+                    .into_iter()
+                    .map(|r| {
+                        need.iter()
+                            .map(|&c| r.clone().map(|v| if c == 1 { vec![v[0] * 2.0, v[1]] } else { v }))
+                            .collect()
+                    })
+                    .collect()
+            },
+            |_| {},
+        )
+        .unwrap();
+        // a and b only for cache 1; c and d for both, in one call.
+        assert_eq!(
+            calls,
+            [(vec!["a".to_owned(), "b".to_owned()], vec![1]), (vec!["c".to_owned(), "d".to_owned()], vec![0, 1]),]
+        );
+        assert_eq!((stats[0].encoded, stats[0].reused, stats[0].unread, stats[0].failed.len()), (1, 2, 2, 1));
+        assert_eq!((stats[1].encoded, stats[1].reused, stats[1].failed.len()), (3, 0, 1));
+        assert_eq!(caches[0].keys(), ["a", "b", "c"]);
+        assert_eq!(caches[1].keys(), ["a", "b", "c"]);
+        assert_eq!((caches[0].get("c"), caches[1].get("c")), (Some(&[1.0, 99.0][..]), Some(&[2.0, 99.0][..])));
+        assert_eq!(caches[1].get("a"), Some(&[6.0, 97.0][..]));
+
+        // Nothing changed: nothing is encoded and no file is read.
+        let mut calls = 0;
+        let stats = EmbeddingCache::refresh_together(
+            &mut caches,
+            &all[..3],
+            8,
+            &[None, None],
+            |batch, _| {
+                calls += batch.len();
+                Vec::new()
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(calls, 0);
+        assert!(stats.iter().all(|s| s.unread == 3 && s.reused == 3 && !s.changed()), "{stats:?}");
     }
 
     #[test]

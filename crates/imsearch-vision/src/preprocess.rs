@@ -9,7 +9,7 @@
 //! gives in PyTorch. JPEG decoders differ slightly (zune-jpeg here, libjpeg-turbo in Pillow).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Cursor, Read, Seek};
+use std::io::{self, BufRead, Cursor, Read, Seek};
 use std::path::Path;
 
 use candle::{Device, Tensor};
@@ -74,21 +74,71 @@ impl PreprocessConfig {
 
     /// One view of an image, `crop x crop` RGB.
     pub fn view(&self, img: &RgbImage, view: View) -> RgbImage {
+        self.view_cached(img, view, &mut Vec::new())
+    }
+
+    /// [`view`](Self::view), reusing the copies of `img` already resized to a shorter side in
+    /// `resized` (size, image) and adding the ones it makes: the views of one image, and the
+    /// configs of several encoders with the same resize (MobileNetV2 and EfficientNet-Lite0 both
+    /// resize to 256), then resize it once.
+    pub fn view_cached(&self, img: &RgbImage, view: View, resized: &mut Vec<(u32, RgbImage)>) -> RgbImage {
+        let mut shorter = |size: u32| -> usize {
+            match resized.iter().position(|(s, _)| *s == size) {
+                Some(i) => i,
+                None => {
+                    resized.push((size, resize_shorter(img, size)));
+                    resized.len() - 1
+                }
+            }
+        };
         let out = match view {
-            View::Center | View::CenterFlipped => center_crop(&resize_shorter(img, self.resize), self.crop),
+            View::Center | View::CenterFlipped => {
+                let i = shorter(self.resize);
+                center_crop(&resized[i].1, self.crop)
+            }
             View::Squashed | View::SquashedFlipped => resize(img, self.crop, self.crop),
             View::TopLeft | View::TopRight | View::BottomLeft | View::BottomRight => {
-                corner_crop(&resize_shorter(img, self.resize), self.crop, view)
+                let i = shorter(self.resize);
+                corner_crop(&resized[i].1, self.crop, view)
             }
-            View::ZoomCenter => center_crop(&resize_shorter(img, 2 * self.crop), self.crop),
+            View::ZoomCenter => {
+                let i = shorter(2 * self.crop);
+                center_crop(&resized[i].1, self.crop)
+            }
             View::ZoomTopLeft | View::ZoomTopRight | View::ZoomBottomLeft | View::ZoomBottomRight => {
-                corner_crop(&resize_shorter(img, 2 * self.crop), self.crop, view)
+                let i = shorter(2 * self.crop);
+                corner_crop(&resized[i].1, self.crop, view)
             }
         };
         match view {
             View::CenterFlipped | View::SquashedFlipped => image::imageops::flip_horizontal(&out),
             _ => out,
         }
+    }
+
+    /// Writes the `views` of `img` as normalised CHW values into `out` (length
+    /// `views.len() *` [`image_len`](Self::image_len)), one view after the other, sharing the
+    /// resized copies in `resized` (see [`view_cached`](Self::view_cached)).
+    pub fn views_into(
+        &self,
+        img: &RgbImage,
+        views: &[View],
+        out: &mut [f32],
+        resized: &mut Vec<(u32, RgbImage)>,
+    ) -> Result<()> {
+        let n = self.image_len();
+        if out.len() != n * views.len() {
+            return Err(Error::Config(format!(
+                "expected {} values for {} views, got {}",
+                n * views.len(),
+                views.len(),
+                out.len()
+            )));
+        }
+        for (view, out) in views.iter().zip(out.chunks_mut(n.max(1))) {
+            self.normalize_into(&self.view_cached(img, *view, resized), out)?;
+        }
+        Ok(())
     }
 
     /// Writes a `crop x crop` image as normalised CHW values into `out` (length
@@ -135,10 +185,7 @@ impl PreprocessConfig {
         if per_image > 0 {
             data.par_chunks_mut(per_image).zip(paths.par_iter()).try_for_each(|(out, path)| -> Result<()> {
                 let img = open_rgb(path.as_ref())?;
-                for (view, out) in views.iter().zip(out.chunks_mut(n)) {
-                    self.normalize_into(&self.view(&img, *view), out)?;
-                }
-                Ok(())
+                self.views_into(&img, views, out, &mut Vec::new())
             })?;
         }
         let side = self.crop as usize;
@@ -249,30 +296,46 @@ impl std::str::FromStr for View {
 /// more than 512 MiB of decoded pixels ([`Error::TooLarge`], checked before anything is
 /// allocated).
 pub fn open_rgb(path: &Path) -> Result<RgbImage> {
+    decode_rgb(&read_image_file(path)?, path)
+}
+
+/// Reads an image file's bytes, for [`decode_rgb`]: an error naming the file when it cannot be
+/// read, or when it is larger than any image [`open_rgb`] decodes could be (more bytes than
+/// the 512 MiB of pixels it allows), before reading it.
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let read = |source| Error::Read { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(read)?;
+    let len = file.metadata().map_err(read)?.len();
+    if len > MAX_DECODED_BYTES {
+        return Err(Error::Decode {
+            path: path.to_owned(),
+            source: ImageError::IoError(io::Error::other(format!(
+                "the file is {len} bytes, more than the {MAX_DECODED_BYTES} bytes of pixels an image may decode to"
+            ))),
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(read)?;
+    Ok(bytes)
+}
+
+/// Decodes an image file's bytes (read by [`read_image_file`]) as [`open_rgb`] does; `path`
+/// names the file in errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let read = |source| Error::Read { path: path.to_owned(), source };
     let decode = |source| Error::Decode { path: path.to_owned(), source };
-    let file = File::open(path).map_err(read)?;
-    let len = file.metadata().map_err(read)?.len();
-    if len == 0 {
+    if bytes.is_empty() {
         return Err(decode(ImageError::IoError(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is empty"))));
     }
-    let reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(read)?;
-    let img = if reader.format() == Some(ImageFormat::Jpeg) {
-        // The JPEG decoder reads the whole file into memory anyway; read it here once to check
-        // that it is complete.
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        reader.into_inner().read_to_end(&mut bytes).map_err(read)?;
-        if jpeg_is_truncated(&bytes) {
-            return Err(decode(ImageError::IoError(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the JPEG ends before its end-of-image marker (truncated file)",
-            ))));
-        }
-        decode_upright(ImageReader::with_format(Cursor::new(bytes), ImageFormat::Jpeg), path)?
-    } else {
-        decode_upright(reader, path)?
-    };
-    Ok(img.to_rgb8())
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(read)?;
+    // The JPEG decoder would fill a missing end with grey and return a partial picture.
+    if reader.format() == Some(ImageFormat::Jpeg) && jpeg_is_truncated(bytes) {
+        return Err(decode(ImageError::IoError(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the JPEG ends before its end-of-image marker (truncated file)",
+        ))));
+    }
+    Ok(decode_upright(reader, path)?.to_rgb8())
 }
 
 /// Largest width or height [`open_rgb`] decodes: more than any camera takes (a 200-megapixel

@@ -294,6 +294,79 @@ fn a_folder_index_reuses_its_cache_and_rebuilds_a_corrupt_one() {
     assert_eq!(third.features, first.features);
 }
 
+/// Counts the images each forward pass sees.
+struct Counting(ChannelMeans, &'static str, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl imsearch_vision::ImageEncoder for Counting {
+    fn id(&self) -> &str {
+        self.1
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn preprocess(&self) -> &imsearch_vision::PreprocessConfig {
+        self.0.preprocess()
+    }
+    fn features(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        self.2.fetch_add(xs.dim(0)?, std::sync::atomic::Ordering::SeqCst);
+        self.0.features(xs)
+    }
+    fn logits(&self, features: &Tensor) -> candle::Result<Tensor> {
+        Ok(features.clone())
+    }
+}
+
+#[test]
+fn a_folder_indexed_by_two_encoders_at_once_gets_each_encoders_own_rows_and_skips_a_broken_file() {
+    use imsearch_engine::{encode_images, FolderIndex, IndexOptions};
+    use imsearch_index::Item;
+    use imsearch_vision::{EncoderKind, ImageEncoder, PreprocessConfig, View};
+    use std::sync::{atomic::AtomicUsize, Arc};
+
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let mut img = image::RgbImage::new(64, 48);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        *p = image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8]);
+    }
+    img.save(photos.join("gradient.png")).unwrap();
+    image::RgbImage::from_pixel(50, 70, image::Rgb([10, 200, 30])).save(photos.join("green.png")).unwrap();
+    std::fs::write(photos.join("broken.jpg"), b"\xff\xd8 not really a jpeg").unwrap();
+    let kinds = [(EncoderKind::MobileNetV2, "a"), (EncoderKind::EfficientNetLite2, "b")];
+    let options = IndexOptions {
+        encoders: kinds.iter().map(|(k, id)| (*k, format!("{id}@center+center-flipped"))).collect(),
+        views: vec![View::Center, View::CenterFlipped],
+        batch: 8,
+        cache_root: dir.path().join("index"),
+        shard: None,
+    };
+    let seen: Vec<Arc<AtomicUsize>> = kinds.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let encoder = |c: usize| Counting(ChannelMeans(kinds[c].0.preprocess()), kinds[c].1, seen[c].clone());
+    let load = |kind: EncoderKind| -> Result<Box<dyn ImageEncoder>, String> {
+        Ok(Box::new(encoder(kinds.iter().position(|(k, _)| *k == kind).unwrap())))
+    };
+    let index = FolderIndex::open(&photos, &options, &load, &|_, _, _| {}).unwrap();
+    assert_eq!(index.keys, ["gradient.png", "green.png"]);
+    assert_eq!(index.summary.skipped.len(), 1, "{:?}", index.summary.skipped);
+    assert!(index.summary.skipped[0].reason.contains("broken.jpg"), "{:?}", index.summary.skipped);
+    // Each encoder saw each photo's two views once.
+    let counts: Vec<usize> = seen.iter().map(|s| s.load(std::sync::atomic::Ordering::SeqCst)).collect();
+    assert_eq!(counts, [4, 4]);
+    // The rows are what each encoder gives alone, side by side.
+    for (row, key) in index.keys.iter().enumerate() {
+        let item = Item::file(key.clone(), photos.join(key));
+        let mut want = Vec::new();
+        for c in 0..kinds.len() {
+            want.extend(encode_images(&encoder(c), &options.views, std::slice::from_ref(&item)).remove(0).unwrap());
+        }
+        assert_eq!(&index.features[row * 6..(row + 1) * 6], &want[..], "{key}");
+    }
+    // The two encoders resize differently, so their views differ.
+    assert_ne!(index.features[0..3], index.features[3..6]);
+    assert_ne!(PreprocessConfig::imagenet(), kinds[1].0.preprocess());
+}
+
 #[test]
 fn more_like_this_finds_the_photo_itself_and_its_copy_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -151,9 +151,10 @@ pub(crate) fn stage_report(times: &EncodeTimes) -> String {
     for (stage, s) in [("read", times.read), ("decode", times.decode), ("resize, crop, normalise", times.views)] {
         out += &format!("\n  {stage:<28} {s:>7.1} s {:>5.1} %", share(s));
     }
-    for (id, s) in &times.forward {
-        let rate = if *s > 0.0 { times.images as f64 / s } else { 0.0 };
-        out += &format!("\n  {:<28} {s:>7.1} s {:>5.1} %  {rate:.1} images/s", format!("forward {id}"), share(*s));
+    for f in &times.forward {
+        let (s, rate) = (f.seconds, if f.seconds > 0.0 { f.images as f64 / f.seconds } else { 0.0 });
+        out +=
+            &format!("\n  {:<28} {s:>7.1} s {:>5.1} %  {rate:.1} images/s", format!("forward {}", f.encoder), share(s));
     }
     out
 }
@@ -195,15 +196,15 @@ pub(crate) fn embed_images(
     bar.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
     let encoded = all_stats.iter().map(|s| s.encoded).max().unwrap_or(0);
-    if encoded > 0 && encoders.len() > 1 {
+    let busy = all_stats.iter().filter(|s| s.encoded > 0).count();
+    if busy > 1 {
         println!(
-            "{collection}: {encoded} images read and decoded once for {} encoders in {elapsed:.1} s, {:.1} images/s",
-            encoders.len(),
+            "{collection}: {encoded} images read and decoded once for {busy} encoders in {elapsed:.1} s, {:.1} images/s",
             encoded as f64 / elapsed
         );
     }
     for ((cache, stats), (id, path)) in caches.iter().zip(&all_stats).zip(ids.iter().zip(&paths)) {
-        report(id, collection, stats, (encoders.len() == 1).then_some(start));
+        report(id, collection, stats, (busy <= 1).then_some(start));
         if stats.changed() {
             cache.save(path)?;
         }

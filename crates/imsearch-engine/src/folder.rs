@@ -352,14 +352,23 @@ pub struct EncodeTimes {
     pub decode: f64,
     /// Resizing, cropping and normalising every encoder's views.
     pub views: f64,
-    /// The forward passes, per encoder id, in the encoders' order.
-    pub forward: Vec<(String, f64)>,
+    /// The forward passes, per encoder, in the encoders' order.
+    pub forward: Vec<ForwardTime>,
+}
+
+/// One encoder's forward passes in [`EncodeTimes`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForwardTime {
+    pub encoder: String,
+    pub seconds: f64,
+    /// Images encoded (each over all the views).
+    pub images: usize,
 }
 
 impl EncodeTimes {
     /// Seconds in all stages.
     pub fn total(&self) -> f64 {
-        self.read + self.decode + self.views + self.forward.iter().map(|(_, s)| s).sum::<f64>()
+        self.read + self.decode + self.views + self.forward.iter().map(|f| f.seconds).sum::<f64>()
     }
 }
 
@@ -444,10 +453,15 @@ pub fn encode_images_all(
             run().map_err(|e| format!("{}: {}", encoder.id(), crate::error::chain(&e)))
         });
         let seconds = t.elapsed().as_secs_f64();
-        match times.forward.iter_mut().find(|(id, _)| id == encoder.id()) {
-            Some((_, s)) => *s += seconds,
-            None => times.forward.push((encoder.id().to_owned(), seconds)),
-        }
+        let at = match times.forward.iter().position(|f| f.encoder == encoder.id()) {
+            Some(at) => at,
+            None => {
+                times.forward.push(ForwardTime { encoder: encoder.id().to_owned(), ..Default::default() });
+                times.forward.len() - 1
+            }
+        };
+        times.forward[at].seconds += seconds;
+        times.forward[at].images += rows.len();
         match features {
             Ok(features) => {
                 for (&i, f) in rows.iter().zip(features) {

@@ -530,10 +530,10 @@ impl EmbeddingCache {
         for (need, members) in &groups {
             for chunk in members.chunks(batch.max(1)) {
                 let batch_items: Vec<Item> = chunk.iter().map(|&n| items[n].clone()).collect();
-                let results = encode(&batch_items, need);
-                for (j, &n) in chunk.iter().enumerate() {
+                let mut results = encode(&batch_items, need).into_iter();
+                for &n in chunk {
                     let key = &items[n].key;
-                    let mut per_cache = results.get(j).cloned().unwrap_or_default().into_iter();
+                    let mut per_cache = results.next().unwrap_or_default().into_iter();
                     for &c in need {
                         let cache = &mut caches[c];
                         match per_cache.next() {

@@ -935,6 +935,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_larger_than_any_decodable_image_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.jpg");
+        // Sparse: no disk space is used, and the file is never read.
+        std::fs::File::create(&path).unwrap().set_len(MAX_DECODED_BYTES + 1).unwrap();
+        let err = read_image_file(&path).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        let why = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(why.contains("huge.jpg") && why.contains(&format!("{} bytes", MAX_DECODED_BYTES + 1)), "{why}");
+    }
+
+    #[test]
     fn decompression_bombs_are_refused_before_decoding() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         let dir = tempfile::tempdir().unwrap();

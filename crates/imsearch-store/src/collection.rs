@@ -82,6 +82,20 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The collection has no vector index yet, so it cannot be loaded (another worker created it
+    /// a moment ago and is building the index).
+    fn is_index_missing(&self) -> bool {
+        match self {
+            Error::Milvus { source, .. } => match &**source {
+                milvus::error::Error::Server(code, message) => {
+                    format!("{code:?}") == "IndexNotExist" || message.contains("index not found")
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The server's answer was larger than the client reads in one message (gRPC's
     /// `OUT_OF_RANGE`); the same request for fewer rows succeeds.
     fn is_answer_too_large(&self) -> bool {
@@ -316,23 +330,38 @@ impl MilvusStore {
                     found.made_by, found.like_dim, spec.made_by, spec.like_dim
                 )));
             }
-            return self.load();
+            return self.load_when_indexed();
         }
         let schema = self.schema(spec)?;
         let options = CreateCollectionOptions::with_consistency_level(milvus::client::ConsistencyLevel::Strong);
         match self.call("create_collection", |c| async move { c.create_collection(schema, Some(options)).await }) {
-            Ok(()) => {}
-            // Another worker created it first.
-            Err(e) if self.spec()?.as_ref() == Some(spec) => tracing::debug!("collection created meanwhile: {e}"),
-            Err(e) => return Err(e),
-        }
-        match self.set_index(VectorIndex::Flat) {
-            Ok(()) => Ok(()),
+            // This worker made it, so this worker indexes it.
+            Ok(()) => self.set_index(VectorIndex::Flat),
+            // Another worker created it first and indexes it.
             Err(e) if self.spec()?.as_ref() == Some(spec) => {
-                tracing::debug!("index created meanwhile: {e}");
-                self.load()
+                tracing::debug!("collection created meanwhile: {e}");
+                self.load_when_indexed()
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Loads the collection. One that another worker has just created has no index until that
+    /// worker builds it, and cannot be loaded before: wait for the index (up to the call
+    /// timeout), then, if it never came (its creator died in between), build it here.
+    fn load_when_indexed(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            match self.load() {
+                Err(e) if e.is_index_missing() => {
+                    if std::time::Instant::now() >= deadline {
+                        tracing::warn!("{}: no index after {:?}; building it", self.url, self.timeout);
+                        return self.set_index(VectorIndex::Flat);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => return other,
+            }
         }
     }
 

@@ -317,15 +317,24 @@ pub fn encode_file(
     options: &IndexOptions,
     load_encoder: &dyn Fn(EncoderKind) -> std::result::Result<Box<dyn ImageEncoder>, String>,
 ) -> Result<Vec<f32>> {
+    let encoders = options
+        .encoders
+        .iter()
+        .map(|(kind, _)| load_encoder(*kind).map_err(Error::Invalid))
+        .collect::<Result<Vec<_>>>()?;
+    let encoders: Vec<&dyn ImageEncoder> = encoders.iter().map(|e| e.as_ref()).collect();
+    let item = Item::file(path.display().to_string(), path.to_owned());
+    // Read and decoded once for every encoder.
+    let per_encoder =
+        encode_images_all(&encoders, &options.views, std::slice::from_ref(&item), &mut EncodeTimes::default())
+            .pop()
+            .unwrap_or_default();
+    if per_encoder.len() != encoders.len() {
+        return Err(Error::Invalid(format!("{}: not encoded", path.display())));
+    }
     let mut row = Vec::new();
-    for (kind, _) in &options.encoders {
-        let encoder = load_encoder(*kind).map_err(Error::Invalid)?;
-        let item = Item::file(path.display().to_string(), path.to_owned());
-        match encode_images(encoder.as_ref(), &options.views, std::slice::from_ref(&item)).into_iter().next() {
-            Some(Ok(features)) => row.extend(features),
-            Some(Err(why)) => return Err(Error::Invalid(format!("{}: {why}", path.display()))),
-            None => return Err(Error::Invalid(format!("{}: not encoded", path.display()))),
-        }
+    for features in per_encoder {
+        row.extend(features.map_err(|why| Error::Invalid(format!("{}: {why}", path.display())))?);
     }
     Ok(row)
 }

@@ -120,7 +120,8 @@ impl PolicyOpts {
         if images.len() != ids.len() {
             bail!("the embeddings lack some of the image policy's encoders ({})", ids.join(", "));
         }
-        Ok(Embeddings { dir: emb.dir.clone(), images, texts: emb.texts.clone() })
+        let train_views = images.iter().map(|_| Vec::new()).collect();
+        Ok(Embeddings { dir: emb.dir.clone(), images, texts: emb.texts.clone(), train_views })
     }
 }
 

@@ -31,6 +31,13 @@ pub(crate) struct EmbedOpts {
     /// with zoom-center).
     #[arg(long, value_delimiter = ',', default_value = "center,center-flipped")]
     pub(crate) views: Vec<String>,
+    /// Single views of the training images encoded one at a time (each its own cache, of the
+    /// training images only), for the fusion members trained with views as augmentation (the
+    /// dual-encoder recipe; the default is the views of the default engine's members). Same names
+    /// as --views; "none" for none (the engine then leaves those members out). The test images
+    /// and searched folders are encoded with --views only.
+    #[arg(long, value_delimiter = ',', default_values = imsearch_engine::DUAL_ENCODER_VIEWS)]
+    pub(crate) train_views: Vec<String>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub(crate) batch: usize,
@@ -65,6 +72,17 @@ impl EmbedOpts {
     /// The feature layout: every encoder's cache id, joined by `+`.
     pub(crate) fn layout(&self) -> Result<String> {
         Ok(self.kinds()?.into_iter().map(|k| self.image_model_id(k)).collect::<Vec<_>>().join("+"))
+    }
+
+    /// The single views of the training images to encode for augmentation (`--train-views`).
+    pub(crate) fn train_views(&self) -> Result<Vec<View>> {
+        if self.train_views.iter().all(|v| v == "none") {
+            return Ok(Vec::new());
+        }
+        self.train_views
+            .iter()
+            .map(|v| v.parse::<View>().with_context(|| format!("invalid --train-views {}", self.train_views.join(","))))
+            .collect()
     }
 
     pub(crate) fn views(&self) -> Result<Vec<View>> {
@@ -108,6 +126,9 @@ pub(crate) struct Embeddings {
     pub(crate) images: Vec<(String, EmbeddingCache, EmbeddingCache)>,
     /// MiniLM embeddings of every train caption and test query, keyed by query id.
     pub(crate) texts: EmbeddingCache,
+    /// Per image encoder (in the order of `images`): the train images' features of each single
+    /// view of `--train-views`.
+    pub(crate) train_views: Vec<Vec<(String, EmbeddingCache)>>,
 }
 
 pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> Result<Embeddings> {
@@ -134,13 +155,24 @@ pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> R
     let mut times = EncodeTimes::default();
     let train_caches = embed_images(&encoders, &ids, &views, &train, opts.batch, &dir, "train", &mut times)?;
     let test_caches = embed_images(&encoders, &ids, &views, &test, opts.batch, &dir, "test", &mut times)?;
+    // Single views of the training images, for training with views as augmentation: one pass
+    // per view, every encoder at once.
+    let mut train_views: Vec<Vec<(String, EmbeddingCache)>> = encoders.iter().map(|_| Vec::new()).collect();
+    for view in opts.train_views()? {
+        let name = view.to_string();
+        let view_ids: Vec<String> = opts.kinds()?.into_iter().map(|k| format!("{}@{name}", k.id())).collect();
+        let caches = embed_images(&encoders, &view_ids, &[view], &train, opts.batch, &dir, "train", &mut times)?;
+        for (per_encoder, cache) in train_views.iter_mut().zip(caches) {
+            per_encoder.push((name.clone(), cache));
+        }
+    }
     if times.images > 0 {
         println!("{}", stage_report(&times));
     }
     let images =
         ids.into_iter().zip(train_caches).zip(test_caches).map(|((id, train), test)| (id, train, test)).collect();
     let texts = embed_texts(ds, store, &dir)?;
-    Ok(Embeddings { dir, images, texts })
+    Ok(Embeddings { dir, images, texts, train_views })
 }
 
 /// Where encoding the images took its time, one stage per line.

@@ -57,7 +57,14 @@ pub(crate) fn ensure(
         }
     };
     let data = train::prepare(ds, emb, &pipeline.train)?;
-    let recipe = imsearch_train::default_recipe(&data.image_parts);
+    let recipe = imsearch_train::default_recipe(&data.image_parts, &data.view_names());
+    let dropped = imsearch_engine::Recipe::default().members.len() - recipe.members.len();
+    if dropped > 0 {
+        eprintln!(
+            "note: {dropped} of the default recipe's fusion members left out: their encoders are not in --image-encoders \
+             or their views not in --train-views"
+        );
+    }
     let provenance = serde_json::json!({ "recipe": "the default (Recipe::default), chosen by cargo xtask eval" });
     let sources = Sources { data: &data, embeddings: &train::caches(emb), heads: &heads(pipeline)? };
     let ck = pipeline.checkpoints(false);

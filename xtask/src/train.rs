@@ -55,10 +55,31 @@ pub(crate) struct TrainOpts {
     /// --shared-dim is ignored).
     #[arg(long)]
     pub(crate) locked_text: bool,
+    /// The training recipe. `dual-encoder`: linear projections with input dropout 0.5, the
+    /// single views of --train-views as augmentation, batches of positive pairs under a
+    /// multi-positive contrastive loss, warm-up then cosine decay over 30 epochs (issue 16);
+    /// it sets every training flag above but --seed and --train-fraction.
+    #[arg(long, value_enum, default_value_t = Recipe::Fusion)]
+    pub(crate) recipe: Recipe,
+}
+
+/// How `cargo xtask train` trains (`--recipe`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recipe {
+    /// The flags above, as given.
+    Fusion,
+    /// The small-data dual-encoder recipe.
+    DualEncoder,
 }
 
 impl TrainOpts {
     pub(crate) fn options(&self) -> TrainOptions {
+        if self.recipe == Recipe::DualEncoder {
+            return TrainOptions {
+                train_fraction: self.train_fraction,
+                ..TrainOptions::dual_encoder(self.seed, Vec::new())
+            };
+        }
         TrainOptions {
             seed: self.seed,
             train_fraction: self.train_fraction,
@@ -72,6 +93,7 @@ impl TrainOpts {
             contrastive_batch: self.contrastive_batch,
             input_dropout: self.input_dropout,
             locked_text: self.locked_text,
+            ..TrainOptions::default()
         }
     }
 }
@@ -98,9 +120,19 @@ impl Pipeline {
             dir: self.embed.workdir().join("checkpoints"),
             image_encoders: self.embed.image_encoders.clone(),
             views: self.embed.views.clone(),
-            options: self.train.options(),
+            options: self.options(),
             retrain,
         }
+    }
+
+    /// The training options: the flags, with the views of `--train-views` for the dual-encoder
+    /// recipe.
+    pub(crate) fn options(&self) -> TrainOptions {
+        let mut options = self.train.options();
+        if self.train.recipe == Recipe::DualEncoder {
+            options.train_views = self.embed.train_views.iter().filter(|v| *v != "none").cloned().collect();
+        }
+        options
     }
 
     pub(crate) fn dataset(&self) -> Result<Dataset> {
@@ -132,7 +164,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 /// The embedding caches as imsearch-train reads them.
 pub(crate) fn caches(emb: &Embeddings) -> imsearch_train::Embeddings<'_> {
     imsearch_train::Embeddings {
-        images: emb.images.iter().map(|(id, train, test)| ImageEmbeddings { id, train, test }).collect(),
+        images: emb
+            .images
+            .iter()
+            .zip(&emb.train_views)
+            .map(|((id, train, test), train_views)| ImageEmbeddings { id, train, test, train_views })
+            .collect(),
         texts: &emb.texts,
         class_key: |texts, i| match texts {
             ClassTexts::Names => embed::imagenet_key(i),

@@ -43,7 +43,7 @@ pub use baselines::{Random, Regressor};
 pub use bridge::{Bridge, ClassifierHead};
 pub use engine::{
     layout_name, match_features, Calibration, ClassTexts, Engine, EngineData, ImagePart, MemberRecipe, MemberSpec,
-    Recipe, ENGINE_FORMAT, ENGINE_SCORER,
+    Recipe, DUAL_ENCODER_VIEWS, ENGINE_FORMAT, ENGINE_SCORER,
 };
 pub use error::{Error, Result};
 pub use folder::{

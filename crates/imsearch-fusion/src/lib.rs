@@ -15,7 +15,7 @@ mod model;
 mod train;
 
 pub use model::{FusionConfig, FusionModel, Projection};
-pub use train::{train, EpochReport, PairSet, TrainConfig, TrainReport};
+pub use train::{train, train_with_views, EpochReport, PairSet, TrainConfig, TrainReport};
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Training: AdamW on a soft-label cross-entropy plus a contrastive term, early stopping on the
 //! validation split's retrieval MRR, all randomness from one seed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
@@ -32,6 +32,19 @@ pub struct TrainConfig {
     /// Share of the standardised input features zeroed in each training row (the rest scaled
     /// up to keep the mean); 0 for none.
     pub input_dropout: f64,
+    /// Contrastive batches of `contrastive_batch` positive pairs (each caption with its own
+    /// image and with every image it is graded as describing), scored by a symmetric
+    /// multi-positive InfoNCE (every positive of a row in the batch is a target, not only its
+    /// own pair); an epoch is one pass over the positives, and each step adds `batch_size`
+    /// labelled pairs drawn at random. Off: an epoch is one pass over the labelled pairs, with
+    /// contrastive batches of distinct images and one caption each.
+    pub positive_batches: bool,
+    /// Steps over which the learning rate rises linearly to `learning_rate`.
+    pub warmup_steps: usize,
+    /// After warm-up, cosine decay of the learning rate to 0 over this many epochs (0: constant).
+    /// With decay every epoch up to `max_epochs` runs (no early stop), and the best on
+    /// validation is kept.
+    pub cosine_epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -47,7 +60,25 @@ impl Default for TrainConfig {
             contrastive_weight: 4.0,
             temperature: 0.05,
             input_dropout: 0.0,
+            positive_batches: false,
+            warmup_steps: 0,
+            cosine_epochs: 0,
         }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate at optimiser step `step` (from 0) of a run of `steps_per_epoch`.
+    pub fn learning_rate_at(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        if self.cosine_epochs == 0 {
+            return self.learning_rate;
+        }
+        let total = (self.cosine_epochs * steps_per_epoch).saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / total as f64).min(1.0);
+        self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
 
@@ -92,9 +123,36 @@ pub fn train(
     texts: &Tensor,
     train: &PairSet,
     validation: &PairSet,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<(FusionModel, HashMap<String, Tensor>, TrainReport)> {
+    train_with_views(config, tc, images, &[], texts, train, validation, on_epoch)
+}
+
+/// [`train`] with views as augmentation: `views` are features of other views of the same
+/// images (each `(n_images, image_dim)`, rows as in `images`), and every training row reads the
+/// features of a view drawn at random at each step. Validation (and the saved model's use)
+/// reads `images`, the features scoring will see (for example the mean over a few views). The
+/// image side's standardisation is fitted on the training images' view rows. No views: as
+/// [`train`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_views(
+    config: FusionConfig,
+    tc: &TrainConfig,
+    images: &Tensor,
+    views: &[Tensor],
+    texts: &Tensor,
+    train: &PairSet,
+    validation: &PairSet,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<(FusionModel, HashMap<String, Tensor>, TrainReport)> {
     let device = images.device().clone();
+    if let Some(v) = views.iter().find(|v| v.dims() != images.dims()) {
+        return Err(Error::Data(format!(
+            "a view's features are {:?}, the images' {:?}: every view needs a row per image",
+            v.dims(),
+            images.dims()
+        )));
+    }
     check(&config, images, texts, train, "train")?;
     check(&config, images, texts, validation, "validation")?;
     if train.pairs.is_empty() && train.positives.is_empty() {
@@ -114,7 +172,20 @@ pub fn train(
     // Standardisation statistics from the training rows only.
     let train_images: Vec<usize> = unique(train.pairs.iter().map(|p| p.0).chain(train.positives.iter().map(|p| p.1)));
     let train_texts: Vec<usize> = unique(train.pairs.iter().map(|p| p.1).chain(train.positives.iter().map(|p| p.0)));
-    let (img_mean, img_inv_std) = stats(&images.index_select(&index(&train_images, &device)?, 0)?)?;
+    let n_images = images.dims2()?.0;
+    let views = if views.is_empty() { None } else { Some(Tensor::cat(views, 0)?) };
+    let view_rows = |rows: &[usize], view: &mut dyn FnMut() -> usize| -> Vec<usize> {
+        rows.iter().map(|&r| view() * n_images + r).collect()
+    };
+    let (img_mean, img_inv_std) = match &views {
+        Some(v) => {
+            let n_views = v.dims2()?.0 / n_images;
+            let rows: Vec<usize> =
+                (0..n_views).flat_map(|k| train_images.iter().map(move |&r| k * n_images + r)).collect();
+            stats(&v.index_select(&index(&rows, &device)?, 0)?)?
+        }
+        None => stats(&images.index_select(&index(&train_images, &device)?, 0)?)?,
+    };
     let (txt_mean, txt_inv_std) = stats(&texts.index_select(&index(&train_texts, &device)?, 0)?)?;
 
     let mut fixed: HashMap<String, Tensor> = HashMap::new();
@@ -131,6 +202,8 @@ pub fn train(
     let (image_side, text_side) = model.projections();
     let images = &image_side.standardise(images)?;
     let texts = &text_side.standardise(texts)?;
+    let views = views.map(|v| image_side.standardise(&v)).transpose()?;
+    let n_views = views.as_ref().map_or(1, |v| v.dims2().map_or(1, |d| d.0 / n_images));
     let mut opt = AdamW::new(
         vars.values().cloned().collect(),
         ParamsAdamW { lr: tc.learning_rate, weight_decay: tc.weight_decay, ..Default::default() },
@@ -142,25 +215,57 @@ pub fn train(
         captions_of.entry(i).or_default().push(t);
     }
     let positive_images: Vec<usize> = captions_of.keys().copied().collect();
+    let positive_set: HashSet<(usize, usize)> = train.positives.iter().copied().collect();
+    let patience = if tc.cosine_epochs > 0 { tc.max_epochs } else { tc.patience };
+    let mut step_count = 0usize;
 
     let mut report = TrainReport { epochs: Vec::new(), best_epoch: 0, best_validation_mrr: f64::NEG_INFINITY };
     let mut best: Option<BTreeMap<String, Tensor>> = None;
     let mut pairs = train.pairs.clone();
+    let mut positives = train.positives.clone();
     for epoch in 1..=tc.max_epochs {
         pairs.shuffle(&mut rng);
         let mut order = positive_images.clone();
         order.shuffle(&mut rng);
-        let steps = pairs.len().div_ceil(tc.batch_size.max(1)).max(order.len().div_ceil(tc.contrastive_batch.max(1)));
+        if tc.positive_batches {
+            // Only here: the other recipe's random stream stays as it was (its checkpoints
+            // are found by options alone).
+            positives.shuffle(&mut rng);
+        }
+        let per = tc.contrastive_batch.max(2);
+        let steps = if tc.positive_batches {
+            positives.len().div_ceil(per).max(1)
+        } else {
+            pairs.len().div_ceil(tc.batch_size.max(1)).max(order.len().div_ceil(tc.contrastive_batch.max(1)))
+        };
         let mut total = 0.0;
         for step in 0..steps {
-            // The step's labelled pairs and its contrastive images with one caption each.
-            let chunk = pairs
-                .chunks(tc.batch_size.max(1))
-                .nth(step % pairs.len().div_ceil(tc.batch_size.max(1)).max(1))
-                .filter(|c| !c.is_empty());
+            opt.set_learning_rate(tc.learning_rate_at(step_count, steps));
+            step_count += 1;
+            // The step's labelled pairs and its contrastive rows: images with one caption
+            // each, or positive pairs.
+            let drawn: Vec<(usize, usize, f32)>;
+            let chunk = if tc.positive_batches {
+                drawn = if pairs.is_empty() {
+                    Vec::new()
+                } else {
+                    (0..tc.batch_size).map(|_| pairs[rng.gen_range(0..pairs.len())]).collect()
+                };
+                Some(drawn.as_slice()).filter(|c| !c.is_empty())
+            } else {
+                pairs
+                    .chunks(tc.batch_size.max(1))
+                    .nth(step % pairs.len().div_ceil(tc.batch_size.max(1)).max(1))
+                    .filter(|c| !c.is_empty())
+            };
             let (i, t, y): (Vec<_>, Vec<_>, Vec<_>) = unzip3(chunk.unwrap_or(&[]));
             let mut contrastive: (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
-            if tc.contrastive_weight > 0.0 && !order.is_empty() {
+            if tc.positive_batches {
+                let c = &positives[(step * per).min(positives.len())..((step + 1) * per).min(positives.len())];
+                if tc.contrastive_weight > 0.0 && c.len() >= 2 {
+                    contrastive = (c.iter().map(|p| p.1).collect(), c.iter().map(|p| p.0).collect());
+                }
+            } else if tc.contrastive_weight > 0.0 && !order.is_empty() {
                 let per = tc.contrastive_batch.max(2);
                 let n_chunks = order.len().div_ceil(per);
                 let c = &order[(step % n_chunks) * per..((step % n_chunks + 1) * per).min(order.len())];
@@ -185,7 +290,13 @@ pub fn train(
             }
             let img_rows: Vec<usize> = ui.iter().chain(&contrastive.0).copied().collect();
             let txt_rows: Vec<usize> = ut.iter().chain(&contrastive.1).copied().collect();
-            let img_in = dropout(images.index_select(&index(&img_rows, &device)?, 0)?, tc.input_dropout, &mut rng)?;
+            let img_in = match &views {
+                Some(v) => {
+                    v.index_select(&index(&view_rows(&img_rows, &mut || rng.gen_range(0..n_views)), &device)?, 0)?
+                }
+                None => images.index_select(&index(&img_rows, &device)?, 0)?,
+            };
+            let img_in = dropout(img_in, tc.input_dropout, &mut rng)?;
             let txt_in = dropout(texts.index_select(&index(&txt_rows, &device)?, 0)?, tc.input_dropout, &mut rng)?;
             let img = image_side.forward_standardised_train(&img_in)?;
             let txt = text_side.forward_standardised_train(&txt_in)?;
@@ -202,11 +313,23 @@ pub fn train(
                 let img_c = img.narrow(0, ui.len(), n)?;
                 let txt_c = txt.narrow(0, ut.len(), n)?;
                 let logits = (txt_c.matmul(&img_c.t()?)? / tc.temperature)?;
-                let targets = Tensor::arange(0u32, n as u32, &device)?;
-                let l = ((candle_nn::loss::cross_entropy(&logits, &targets)?
-                    + candle_nn::loss::cross_entropy(&logits.t()?, &targets)?)?
-                    * (0.5 * tc.contrastive_weight))?;
-                loss = (loss + l)?;
+                let l = if tc.positive_batches {
+                    let (images, texts, positive_set) = (&contrastive.0, &contrastive.1, &positive_set);
+                    let mask: Vec<f32> = texts
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(a, &t)| {
+                            images.iter().map(move |&i| (i == images[a] || positive_set.contains(&(t, i))) as u8 as f32)
+                        })
+                        .collect();
+                    multi_positive_infonce(&logits, &Tensor::from_vec(mask, (n, n), &device)?)?
+                } else {
+                    let targets = Tensor::arange(0u32, n as u32, &device)?;
+                    ((candle_nn::loss::cross_entropy(&logits, &targets)?
+                        + candle_nn::loss::cross_entropy(&logits.t()?, &targets)?)?
+                        * 0.5)?
+                };
+                loss = (loss + (l * tc.contrastive_weight)?)?;
             }
             total += f64::from(loss.to_scalar::<f32>()?);
             opt.backward_step(&loss)?;
@@ -221,7 +344,7 @@ pub fn train(
             report.best_validation_mrr = validation_mrr;
             report.best_epoch = epoch;
             best = Some(vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?);
-        } else if epoch >= report.best_epoch + tc.patience {
+        } else if epoch >= report.best_epoch + patience {
             break;
         }
     }
@@ -267,6 +390,20 @@ fn evaluate(model: &FusionModel, images: &Tensor, texts: &Tensor, set: &PairSet)
         mrr = sum / positives.len() as f64;
     }
     Ok((bce, mrr))
+}
+
+/// Symmetric multi-positive InfoNCE: `logits` is `(n, n)`, texts by images, and `mask[a][b]` is 1
+/// where image `b` is a positive of text `a` (the diagonal at least). Each text's target is the
+/// uniform distribution over its positive images, each image's over its positive texts; the
+/// loss is the mean of the two directions' cross-entropies. With the identity as mask it is the
+/// usual symmetric InfoNCE.
+pub(crate) fn multi_positive_infonce(logits: &Tensor, mask: &Tensor) -> candle::Result<Tensor> {
+    let direction = |logits: &Tensor, mask: &Tensor| -> candle::Result<Tensor> {
+        let target = mask.broadcast_div(&mask.sum_keepdim(1)?)?;
+        let log_p = candle_nn::ops::log_softmax(logits, 1)?;
+        (target * log_p)?.sum(1)?.mean_all()?.neg()
+    };
+    (direction(logits, mask)? + direction(&logits.t()?.contiguous()?, &mask.t()?.contiguous()?)?)? * 0.5
 }
 
 /// Mean binary cross-entropy of `sigmoid(z)` against soft labels `y`, computed stably:
@@ -512,6 +649,89 @@ mod tests {
         assert_eq!(s, s2);
         let err = FusionModel::load(dir.path(), "other-img", "toy-txt", &device).unwrap_err().to_string();
         assert!(err.contains("trained for") && err.contains("toy-img"), "{err}");
+    }
+
+    /// The recipe of a small-data dual encoder: views as augmentation, batches of positive
+    /// pairs with the multi-positive loss, warm-up then cosine decay, linear projections.
+    #[test]
+    fn views_and_positive_batches_learn_the_toy_world_deterministically() {
+        let device = Device::Cpu;
+        let (images, texts, tr, va) = world(&device);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let noisy = |rng: &mut ChaCha8Rng| {
+            let noise: Vec<f32> = (0..40 * 8).map(|_| rng.gen_range(-0.1..0.1)).collect();
+            (&images + Tensor::from_vec(noise, (40, 8), &device).unwrap()).unwrap()
+        };
+        let views = [noisy(&mut rng), noisy(&mut rng)];
+        let tc = TrainConfig {
+            positive_batches: true,
+            warmup_steps: 5,
+            cosine_epochs: 40,
+            max_epochs: 40,
+            patience: 1,
+            input_dropout: 0.1,
+            ..toy_train_config()
+        };
+        let linear = FusionConfig { hidden_dim: 0, ..config() };
+        let run = || train_with_views(linear.clone(), &tc, &images, &views, &texts, &tr, &va, |_| {}).unwrap();
+        let (_, tensors, report) = run();
+        assert!(report.best_validation_mrr > 0.6, "{report:?}");
+        // With cosine decay every epoch runs, whatever the patience.
+        assert_eq!(report.epochs.len(), 40);
+        let (_, again, report2) = run();
+        assert_eq!(report.best_epoch, report2.best_epoch);
+        for (k, v) in &tensors {
+            let diff = (v - &again[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(diff, 0.0, "{k} differs between two runs with the same seed");
+        }
+        // The views change what is learnt (they are read), and a view of the wrong shape is an error.
+        let (_, plain, _) = train(linear.clone(), &tc, &images, &texts, &tr, &va, |_| {}).unwrap();
+        let diff = (&plain["image.out.weight"] - &tensors["image.out.weight"]).unwrap().abs().unwrap();
+        assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        let short = images.narrow(0, 0, 39).unwrap();
+        let err = train_with_views(linear, &tc, &images, &[short], &texts, &tr, &va, |_| {}).unwrap_err().to_string();
+        assert!(err.contains("every view needs a row per image"), "{err}");
+    }
+
+    #[test]
+    fn multi_positive_infonce_matches_the_formula() {
+        let device = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, 0.5, -1.0], [0.0, 1.0, 0.3], [0.2, -0.4, 1.5]], &device).unwrap();
+        let l = logits.to_vec2::<f32>().unwrap();
+        // The identity: the usual symmetric InfoNCE.
+        let eye = Tensor::eye(3, DType::F32, &device).unwrap();
+        let got = multi_positive_infonce(&logits, &eye).unwrap().to_scalar::<f32>().unwrap();
+        let targets = Tensor::new(&[0u32, 1, 2], &device).unwrap();
+        let ce = |x: &Tensor| candle_nn::loss::cross_entropy(x, &targets).unwrap().to_scalar::<f32>().unwrap();
+        let want = 0.5 * (ce(&logits) + ce(&logits.t().unwrap().contiguous().unwrap()));
+        assert!((got - want).abs() < 1e-6, "{got} {want}");
+        // Text 0 has images 0 and 1 as positives (so image 1 has texts 0 and 1).
+        let mask = Tensor::new(&[[1.0f32, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], &device).unwrap();
+        let got = multi_positive_infonce(&logits, &mask).unwrap().to_scalar::<f32>().unwrap();
+        let log_softmax = |row: [f32; 3], k: usize| row[k] - row.iter().map(|v| v.exp()).sum::<f32>().ln();
+        let (r, c) = (|a: usize| [l[a][0], l[a][1], l[a][2]], |b: usize| [l[0][b], l[1][b], l[2][b]]);
+        let texts =
+            -(0.5 * (log_softmax(r(0), 0) + log_softmax(r(0), 1)) + log_softmax(r(1), 1) + log_softmax(r(2), 2)) / 3.0;
+        let images =
+            -(log_softmax(c(0), 0) + 0.5 * (log_softmax(c(1), 0) + log_softmax(c(1), 1)) + log_softmax(c(2), 2)) / 3.0;
+        let want = 0.5 * (texts + images);
+        assert!((got - want).abs() < 1e-5, "{got} {want}");
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_along_a_cosine() {
+        let tc = TrainConfig { learning_rate: 1.0, warmup_steps: 4, cosine_epochs: 3, ..TrainConfig::default() };
+        // 10 steps an epoch: 4 warm-up steps, then 26 of decay.
+        let lr: Vec<f64> = (0..32).map(|s| tc.learning_rate_at(s, 10)).collect();
+        assert_eq!(&lr[..4], &[0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(lr[4], 1.0);
+        assert!((lr[4 + 13] - 0.5).abs() < 1e-12, "{}", lr[17]);
+        assert!(lr[4..30].windows(2).all(|w| w[1] < w[0]), "{lr:?}");
+        assert_eq!(lr[30], 0.0);
+        assert_eq!(lr[31], 0.0);
+        // The defaults: constant.
+        let tc = TrainConfig::default();
+        assert!((0..100).all(|s| tc.learning_rate_at(s, 7) == tc.learning_rate));
     }
 
     #[test]

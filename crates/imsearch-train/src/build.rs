@@ -22,18 +22,20 @@ pub struct Sources<'a> {
     pub heads: &'a [ClassifierHead],
 }
 
-/// [`Recipe::default`] for this layout: its members whose encoders are all present (only the
-/// model on every encoder when there is one).
-pub fn default_recipe(layout: &[ImagePart]) -> Recipe {
+/// [`Recipe::default`] for this layout and these single views of the training images: its
+/// members whose encoders are all present (only the models on every encoder when there is one)
+/// and, for a dual-encoder member, whose views are all in `views`.
+pub fn default_recipe(layout: &[ImagePart], views: &[String]) -> Recipe {
     let mut recipe = Recipe::default();
     let ids: Vec<&str> = layout.iter().map(ImagePart::encoder).collect();
     let epochs = recipe.members.first().map_or(10, |m| m.epochs);
     recipe.members.retain(|m| m.encoders.iter().all(|e| ids.contains(&e.as_str())));
+    recipe.members.retain(|m| m.dual_encoder.as_ref().is_none_or(|d| d.iter().all(|v| views.contains(v))));
     if ids.len() == 1 {
         recipe.members.retain(|m| m.encoders.is_empty());
     }
-    if recipe.members.is_empty() {
-        recipe.members.push(MemberRecipe { encoders: Vec::new(), epochs });
+    if recipe.members.iter().all(|m| m.dual_encoder.is_some()) {
+        recipe.members.insert(0, MemberRecipe { encoders: Vec::new(), epochs, dual_encoder: None });
     }
     recipe
 }
@@ -54,6 +56,14 @@ pub fn build(
     let start = Instant::now();
     let mut members = Vec::new();
     for m in &recipe.members {
+        let dual;
+        let checkpoints = match &m.dual_encoder {
+            Some(views) => {
+                dual = checkpoints.dual(views.clone());
+                &dual
+            }
+            None => checkpoints,
+        };
         let (model, dir) = match m.encoders.as_slice() {
             [] => checkpoints.load_or_train_all(p, seed, m.epochs, on_event)?,
             [one] => {

@@ -18,6 +18,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Event, Result, TrainingData, CONFIRMED};
 
+/// The `Debug` text of the fusion crate's `TrainConfig::default()` before it gained the options
+/// of the dual-encoder recipe, as every checkpoint's digest reads it (a test checks it against
+/// the defaults of today's fields).
+const TRAIN_CONFIG_DEFAULTS: &str = "TrainConfig { seed: 0, max_epochs: 20, patience: 4, batch_size: 512, \
+    contrastive_batch: 128, learning_rate: 0.001, weight_decay: 0.01, contrastive_weight: 4.0, temperature: 0.05, \
+    input_dropout: 0.0 }";
+
 /// How a fusion model is trained: the split, its shape and the optimiser's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +53,17 @@ pub struct TrainOptions {
     /// Keep the text side in the text encoder's space (no text projection; `shared_dim` is
     /// ignored).
     pub locked_text: bool,
+    /// Views of the training images whose features are drawn at random for each training row
+    /// at each step (augmentation); empty: the averaged features the model scores with.
+    pub train_views: Vec<String>,
+    /// Contrastive batches of positive pairs with the multi-positive loss, labelled pairs drawn
+    /// at random ([`TrainConfig::positive_batches`]).
+    pub positive_batches: bool,
+    /// Steps of linear learning-rate warm-up.
+    pub warmup_steps: usize,
+    /// Epochs of cosine learning-rate decay after warm-up (0: constant; otherwise every epoch
+    /// runs and the best on validation is kept).
+    pub cosine_epochs: usize,
 }
 
 impl Default for TrainOptions {
@@ -65,6 +83,10 @@ impl Default for TrainOptions {
             contrastive_batch: tc.contrastive_batch,
             input_dropout: tc.input_dropout,
             locked_text: false,
+            train_views: Vec::new(),
+            positive_batches: tc.positive_batches,
+            warmup_steps: tc.warmup_steps,
+            cosine_epochs: tc.cosine_epochs,
         }
     }
 }
@@ -81,15 +103,56 @@ impl TrainOptions {
             temperature: self.temperature,
             contrastive_batch: self.contrastive_batch,
             input_dropout: self.input_dropout,
+            positive_batches: self.positive_batches,
+            warmup_steps: self.warmup_steps,
+            cosine_epochs: self.cosine_epochs,
             ..TrainConfig::default()
+        }
+    }
+
+    /// The small-data dual-encoder recipe (issue 16): linear projections into 256-d with
+    /// dropout 0.5 on the standardised inputs, views as augmentation, batches of 128 positive
+    /// pairs under a multi-positive InfoNCE at temperature 0.05 plus the soft-label
+    /// cross-entropy of 512 random labelled pairs (weight 1 each), AdamW at 1e-3 with weight decay
+    /// 0.01, 50 warm-up steps then cosine decay over 30 epochs, the epoch chosen on validation.
+    pub fn dual_encoder(seed: u64, train_views: Vec<String>) -> TrainOptions {
+        TrainOptions {
+            seed,
+            epochs: 30,
+            shared_dim: 256,
+            hidden_dim: 0,
+            contrastive_weight: 1.0,
+            learning_rate: 1e-3,
+            weight_decay: 0.01,
+            temperature: 0.05,
+            contrastive_batch: 128,
+            input_dropout: 0.5,
+            locked_text: false,
+            train_views,
+            positive_batches: true,
+            warmup_steps: 50,
+            cosine_epochs: 30,
+            ..TrainOptions::default()
         }
     }
 
     /// The options as the checkpoint digest reads them: the `Debug` text of the command-line
     /// struct the folders were first named after (`TrainOpts`). Every saved checkpoint and
-    /// engine is found by it, so it must not change by one character (a test pins it).
+    /// engine is found by it, so it must not change by one character (a test pins it). Options
+    /// added since are appended when they differ from their defaults.
     fn digest_key(&self) -> String {
-        format!(
+        let d = TrainOptions::default();
+        let added = if (&self.train_views, self.positive_batches, self.warmup_steps, self.cosine_epochs)
+            == (&d.train_views, d.positive_batches, d.warmup_steps, d.cosine_epochs)
+        {
+            String::new()
+        } else {
+            format!(
+                " + train_views: {:?}, positive_batches: {:?}, warmup_steps: {:?}, cosine_epochs: {:?}",
+                self.train_views, self.positive_batches, self.warmup_steps, self.cosine_epochs
+            )
+        };
+        let legacy = format!(
             "TrainOpts {{ seed: {:?}, train_fraction: {:?}, epochs: {:?}, shared_dim: {:?}, hidden_dim: {:?}, \
              contrastive_weight: {:?}, learning_rate: {:?}, weight_decay: {:?}, temperature: {:?}, \
              contrastive_batch: {:?}, input_dropout: {:?}, locked_text: {:?} }}",
@@ -105,7 +168,8 @@ impl TrainOptions {
             self.contrastive_batch,
             self.input_dropout,
             self.locked_text
-        )
+        );
+        legacy + &added
     }
 }
 
@@ -129,11 +193,11 @@ impl Checkpoints {
     /// and the compliance lexicon (which decides the pairs trained on). FNV-1a, 16 hex digits.
     pub fn digest(&self) -> String {
         let key = format!(
-            "{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{}|{}|{:?}|{:?}",
             self.image_encoders,
             self.views,
             self.options.digest_key(),
-            TrainConfig::default(),
+            TRAIN_CONFIG_DEFAULTS,
             imsearch_compliance::LEXICON,
             imsearch_compliance::PHRASES
         );
@@ -147,6 +211,16 @@ impl Checkpoints {
         let encoders = self.image_encoders.len();
         let one = self.image_encoders.get(part).ok_or(Error::NoSuchPart { part, encoders })?;
         Ok(Checkpoints { image_encoders: vec![one.clone()], ..self.clone() })
+    }
+
+    /// The dual-encoder recipe ([`TrainOptions::dual_encoder`]) on these encoders, split and
+    /// views.
+    pub fn dual(&self, views: Vec<String>) -> Checkpoints {
+        let options = TrainOptions {
+            train_fraction: self.options.train_fraction,
+            ..TrainOptions::dual_encoder(self.options.seed, views)
+        };
+        Checkpoints { options, ..self.clone() }
     }
 
     /// The same configuration on another split (and initial weights) of the training images.
@@ -201,12 +275,19 @@ impl Checkpoints {
         let config = data.fusion_config(&self.options)?;
         let tc = TrainConfig { seed: init_seed, ..self.options.train_config() };
         let (model, dir) = (&data.image_encoder, self.split_dir_with(init_seed));
+        let views = data.views(&self.options.train_views)?;
         on_event(Event::Training { model, epochs: tc.max_epochs, all_images: false });
         let start = Instant::now();
-        let (model, tensors, report) =
-            imsearch_fusion::train(config, &tc, &data.images, &data.texts, &data.train, &data.validation, |e| {
-                on_event(Event::Epoch { report: e, all_images: false })
-            })?;
+        let (model, tensors, report) = imsearch_fusion::train_with_views(
+            config,
+            &tc,
+            &data.images,
+            &views,
+            &data.texts,
+            &data.train,
+            &data.validation,
+            |e| on_event(Event::Epoch { report: e, all_images: false }),
+        )?;
         on_event(Event::Trained {
             model: &data.image_encoder,
             all_images: false,
@@ -264,10 +345,17 @@ impl Checkpoints {
         on_event(Event::Training { model, epochs, all_images: true });
         let start = Instant::now();
         let config = data.fusion_config(&self.options)?;
-        let (model, tensors, _) =
-            imsearch_fusion::train(config, &tc, &data.images, &data.texts, &all, &PairSet::default(), |e| {
-                on_event(Event::Epoch { report: e, all_images: true })
-            })?;
+        let views = data.views(&self.options.train_views)?;
+        let (model, tensors, _) = imsearch_fusion::train_with_views(
+            config,
+            &tc,
+            &data.images,
+            &views,
+            &data.texts,
+            &all,
+            &PairSet::default(),
+            |e| on_event(Event::Epoch { report: e, all_images: true }),
+        )?;
         on_event(Event::Trained {
             model: &data.image_encoder,
             all_images: true,
@@ -333,6 +421,22 @@ mod tests {
         );
         let other = TrainOptions { learning_rate: 2e-3, ..TrainOptions::default() };
         assert_ne!(checkpoints(&ALL, 0).digest(), Checkpoints { options: other, ..checkpoints(&ALL, 0) }.digest());
+    }
+
+    /// The pinned text is what `TrainConfig::default()` printed before its new fields, and the
+    /// new fields' defaults leave the fusion crate's training as it was.
+    #[test]
+    fn legacy_train_config_text_matches_the_defaults() {
+        let d = TrainConfig::default();
+        let now = format!("{d:?}");
+        let old_fields = now.split(", positive_batches").next().unwrap().to_owned() + " }";
+        assert_eq!(old_fields, TRAIN_CONFIG_DEFAULTS);
+        assert_eq!((d.positive_batches, d.warmup_steps, d.cosine_epochs), (false, 0, 0));
+        // The recipe's options are a different checkpoint.
+        let dual = TrainOptions::dual_encoder(0, vec!["center".into()]);
+        assert!(dual.digest_key().contains("train_views: [\"center\"]"), "{}", dual.digest_key());
+        let ck = checkpoints(&ALL, 0);
+        assert_ne!(Checkpoints { options: dual, ..ck.clone() }.digest(), ck.digest());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct ImageEmbeddings<'a> {
     pub id: &'a str,
     pub train: &'a EmbeddingCache,
     pub test: &'a EmbeddingCache,
+    /// The train images' features of single views (view name, cache), for training with views
+    /// as augmentation ([`TrainOptions::train_views`]); may be empty.
+    pub train_views: &'a [(String, EmbeddingCache)],
 }
 
 /// The embedding caches of a dataset, borrowed: filling them (running the encoders) is the
@@ -141,6 +144,10 @@ pub struct TrainingData {
     pub counts: DataCounts,
     /// Each image encoder's features, in column order of `images`.
     pub image_parts: Vec<ImagePart>,
+    /// The features of each single view the embeddings hold for every encoder (for training
+    /// with views as augmentation, [`TrainOptions::train_views`]): `(view, matrix)`, rows and
+    /// columns as in `images`.
+    pub image_views: Vec<(String, Tensor)>,
 }
 
 impl TrainingData {
@@ -226,6 +233,17 @@ impl TrainingData {
             validation_positives: validation.positives.len(),
         };
         let image_parts = emb.images.iter().map(|e| ImagePart { id: e.id.to_owned(), dim: e.train.dim() }).collect();
+        // The single views every encoder has features of, in the first encoder's order.
+        let keys: Vec<&str> = image_ids.iter().map(|i| i.as_str()).collect();
+        let mut image_views = Vec::new();
+        for (view, _) in emb.images.first().map_or(&[][..], |e| e.train_views) {
+            let caches: Option<Vec<&EmbeddingCache>> =
+                emb.images.iter().map(|e| e.train_views.iter().find(|(v, _)| v == view).map(|(_, c)| c)).collect();
+            if let Some(caches) = caches {
+                let parts = caches.into_iter().map(|c| rows(c, &keys)).collect::<Result<Vec<_>>>()?;
+                image_views.push((view.clone(), Tensor::cat(&parts, 1)?));
+            }
+        }
         Ok(TrainingData {
             image_encoder,
             text_encoder: emb.texts.model().to_owned(),
@@ -237,6 +255,7 @@ impl TrainingData {
             validation_pairs,
             counts,
             image_parts,
+            image_views,
         })
     }
 
@@ -248,9 +267,33 @@ impl TrainingData {
         Ok(TrainingData {
             image_encoder: id.clone(),
             images: self.images.narrow(1, offset, dim)?.contiguous()?,
+            image_views: self
+                .image_views
+                .iter()
+                .map(|(view, v)| Ok((view.clone(), v.narrow(1, offset, dim)?.contiguous()?)))
+                .collect::<candle::Result<_>>()?,
             image_parts: vec![ImagePart { id, dim }],
             ..self.clone()
         })
+    }
+
+    /// The names of [`TrainingData::image_views`].
+    pub fn view_names(&self) -> Vec<String> {
+        self.image_views.iter().map(|(v, _)| v.clone()).collect()
+    }
+
+    /// The features of `views` (each as [`TrainingData::image_views`] holds it), in that order.
+    pub fn views(&self, views: &[String]) -> Result<Vec<Tensor>> {
+        views
+            .iter()
+            .map(|view| {
+                self.image_views
+                    .iter()
+                    .find(|(v, _)| v == view)
+                    .map(|(_, t)| t.clone())
+                    .ok_or_else(|| Error::MissingView { encoders: self.image_encoder.clone(), view: view.clone() })
+            })
+            .collect()
     }
 
     /// Where image encoder `part`'s columns start in `images`, and its width.

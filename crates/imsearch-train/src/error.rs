@@ -38,6 +38,10 @@ pub enum Error {
     MissingEmbedding { model: String, key: String },
     #[error("test query {query} is written for {image}, which test_images.csv does not list")]
     UnlistedTestImage { query: String, image: String },
+    #[error(
+        "training with views needs the features of the view {view} for {encoders} (`cargo xtask embed --train-views`)"
+    )]
+    MissingView { encoders: String, view: String },
     #[error("no image encoder chosen")]
     NoImageEncoder,
     #[error("a fusion model needs at least one epoch of training")]

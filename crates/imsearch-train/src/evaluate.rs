@@ -19,7 +19,7 @@ use crate::{
     build, caption_bank, default_recipe, neighbours_of,
     select::{
         choose_bridge, choose_neighbours, correct_columns, fit_calibration, fusion_members, index, normalised,
-        validation_matrix, CalibrationReport, ValidationSplit,
+        validation_matrix, CalibrationReport, Member, NeighbourChoice, ValidationSplit,
     },
     Checkpoints, DataCounts, Embeddings, Error, Event, Result, Sources, TrainingData,
 };
@@ -37,6 +37,9 @@ pub struct EvalConfig {
     /// Splits of the training images (seeds `seed`, `seed + 1`, ...) whose validation captions
     /// are pooled for the ensemble's choices; the validation figures are of the first.
     pub validation_splits: u32,
+    /// Single views of the training images for the members trained with the dual-encoder
+    /// recipe (one per image encoder); empty: no such members.
+    pub dual_encoder_views: Vec<String>,
 }
 
 /// Validation figures: agreement with the labels and retrieval among validation images.
@@ -131,8 +134,9 @@ pub fn evaluate(
 
     // The fusion models: trained on the split, and (for the test set) the same configuration
     // retrained on every training image for the number of epochs validation chose.
-    let members = fusion_members(&p, ck, config.members, true, on_event)?;
-    for m in &members {
+    let dual = config.dual_encoder_views.as_slice();
+    let all_members = fusion_members(&p, ck, config.members, dual, true, on_event)?;
+    for m in &all_members {
         let (test, _) = m.all.clone().ok_or(Error::Empty("a member without its all-images twin"))?;
         entries.push(Entry {
             name: m.name.clone(),
@@ -141,33 +145,30 @@ pub fn evaluate(
             texts: p.texts.clone(),
         });
     }
-    let group: Arc<dyn Scorer> = Arc::new(Ensemble::equal(members.iter().map(|m| m.scorer.clone())));
-    if members.len() > 1 {
-        let all = members.iter().filter_map(|m| m.all.as_ref().map(|a| a.0.clone()));
-        entries.push(Entry {
-            name: format!("fusion ensemble ({} models, equal weights)", members.len()),
-            scorer: group.clone(),
-            test_scorer: Arc::new(Ensemble::equal(all)),
-            texts: p.texts.clone(),
-        });
-    }
 
     // More splits of the training images (the next seeds), for the ensemble's choices: one
     // split's 198 validation captions leave differences of 0.02 in MRR to chance. Each split
     // has its own fusion models and neighbours; their validation captions are pooled.
-    let mut splits = vec![ValidationSplit {
-        p: p.clone(),
-        group: group.clone(),
-        members: members.iter().map(|m| m.scorer.clone()).collect(),
-    }];
+    let mut split_members = vec![(p.clone(), all_members.iter().map(|m| m.scorer.clone()).collect::<Vec<_>>())];
     for k in 1..u64::from(config.validation_splits) {
         let ck = ck.with_seed(seed + k);
         on_event(Event::ValidationSplit { number: k + 1, of: config.validation_splits, seed: ck.options.seed });
         let q = Arc::new(TrainingData::new(ds, emb, &ck.options)?);
-        let members = fusion_members(&q, &ck, config.members, false, on_event)?;
-        let members: Vec<Arc<dyn Scorer>> = members.into_iter().map(|m| m.scorer).collect();
-        splits.push(ValidationSplit { p: q, group: Arc::new(Ensemble::equal(members.clone())), members });
+        let members = fusion_members(&q, &ck, config.members, dual, false, on_event)?;
+        split_members.push((q, members.into_iter().map(|m| m.scorer).collect()));
     }
+    // The splits with the fusion members `keep` chooses (by their training recipe).
+    let splits_of = |keep: &dyn Fn(&Member) -> bool| -> Vec<ValidationSplit> {
+        split_members
+            .iter()
+            .map(|(q, scorers)| {
+                let members: Vec<Arc<dyn Scorer>> =
+                    all_members.iter().zip(scorers).filter(|(m, _)| keep(m)).map(|(_, s)| s.clone()).collect();
+                ValidationSplit { p: q.clone(), group: Arc::new(Ensemble::equal(members.clone())), members }
+            })
+            .collect()
+    };
+    let mut splits = splits_of(&|_| true);
     let pooled_queries: usize = splits.iter().map(|s| s.p.validation.positives.len()).sum();
 
     // The bridge from ImageNet classes into text space, chosen on validation.
@@ -182,9 +183,40 @@ pub fn evaluate(
     let banks = splits.iter().map(|s| caption_bank(&s.p, &[&s.p.train])).collect::<Result<Vec<_>>>()?;
     let bridge_bn: Vec<Arc<dyn Scorer>> = banks.iter().map(|b| normalised(&bridge, b)).collect();
 
+    // Which fusion members the ensemble averages, by training recipe, each with its best
+    // neighbourhood and weights on the pooled validation captions.
+    type Keep = fn(&Member) -> bool;
+    let mut compositions: Vec<(&str, Keep)> = vec![("fusion recipe", |m| m.dual_encoder.is_none())];
+    if !dual.is_empty() {
+        compositions.push(("dual-encoder recipe", |m| m.dual_encoder.is_some()));
+        compositions.push(("fusion and dual-encoder recipes", |_| true));
+    }
+    let mut chosen: Option<(NeighbourChoice, Keep, Vec<ValidationSplit>)> = None;
+    for (which, keep) in compositions {
+        let candidate = splits_of(&keep);
+        let choice = choose_neighbours(&candidate, &banks, &bridge_bn, on_event)?;
+        let members = all_members.iter().filter(|m| keep(m)).count();
+        on_event(Event::MembersTried { which, members, mrr: choice.pooled });
+        if chosen.as_ref().is_none_or(|c| choice.pooled > c.0.pooled) {
+            chosen = Some((choice, keep, candidate));
+        }
+    }
+    let (choice, keep, chosen_splits) = chosen.ok_or(Error::Empty("no fusion members"))?;
+    splits = chosen_splits;
+    let members: Vec<&Member> = all_members.iter().filter(|m| keep(m)).collect();
+    let group = splits[0].group.clone();
+    if members.len() > 1 {
+        let all = members.iter().filter_map(|m| m.all.as_ref().map(|a| a.0.clone()));
+        entries.push(Entry {
+            name: format!("fusion ensemble ({} models, equal weights)", members.len()),
+            scorer: group.clone(),
+            test_scorer: Arc::new(Ensemble::equal(all)),
+            texts: p.texts.clone(),
+        });
+    }
+
     // Neighbours among the training captions: on validation the gallery is the training side;
     // on the test set, every training image.
-    let choice = choose_neighbours(&splits, &banks, &bridge_bn, on_event)?;
     let (hood, w) = (choice.hood, choice.weights);
     let neighbours: Arc<dyn Scorer> = Arc::new(choice.gallery);
     let parts = vec![group.clone(), normalised(&neighbours, &banks[0]), bridge_bn[0].clone()];
@@ -215,7 +247,11 @@ pub fn evaluate(
     let recipe = Recipe {
         members: members
             .iter()
-            .map(|m| MemberRecipe { encoders: m.encoders.clone(), epochs: m.all.as_ref().map_or(1, |a| a.1) })
+            .map(|m| MemberRecipe {
+                encoders: m.encoders.clone(),
+                epochs: m.all.as_ref().map_or(1, |a| a.1),
+                dual_encoder: m.dual_encoder.clone(),
+            })
             .collect(),
         weights: w,
         neighbours: hood,
@@ -223,7 +259,7 @@ pub fn evaluate(
         class_texts,
         calibration: calibration.calibration,
     };
-    if recipe != default_recipe(&p.image_parts) {
+    if recipe != default_recipe(&p.image_parts, &p.view_names()) {
         on_event(Event::RecipeDiffers { recipe: &recipe });
     }
     let provenance = serde_json::json!({

@@ -72,6 +72,13 @@ pub enum Event<'a> {
         weights: [f32; 3],
         mrr: f64,
     },
+    /// One choice of fusion members for the ensemble (by training recipe), with its best
+    /// neighbourhood and weights: the pooled validation MRR.
+    MembersTried {
+        which: &'a str,
+        members: usize,
+        mrr: f64,
+    },
     /// The ensemble's choice: its weights, its neighbourhood, the pooled validation MRR and
     /// the MRR on the first split alone.
     EnsembleChosen {
@@ -140,6 +147,9 @@ impl fmt::Display for Event<'_> {
                  validation MRR {mrr:.3}",
                 hood.k, hood.temperature, w[0], w[1], w[2]
             ),
+            Event::MembersTried { which, members, mrr } => {
+                write!(f, "fusion members of the {which} ({members} models): ensemble validation MRR {mrr:.3}")
+            }
             Event::EnsembleChosen { weights: w, hood, pooled, captions, splits, first } => write!(
                 f,
                 "ensemble: fusion models 1.00, caption neighbours {:.2} ({} at temperature {}), class bridge {:.2} \

@@ -74,17 +74,21 @@ fn pooled_mrr(splits: &[ValidationSplit], scorer: &dyn Scorer) -> Result<f64> {
 pub(crate) struct Member {
     pub(crate) name: String,
     pub(crate) encoders: Vec<String>,
+    /// Trained with the dual-encoder recipe on these views (`None`: the fusion recipe).
+    pub(crate) dual_encoder: Option<Vec<String>>,
     pub(crate) scorer: Arc<dyn Scorer>,
     pub(crate) all: Option<(Arc<dyn Scorer>, usize)>,
 }
 
 /// The fusion models of one split: the model on every image encoder and, with `members`, one
-/// model per image encoder when there are several. `with_all` adds each one's twin retrained on
-/// every training image for the epochs early stopping chose.
+/// model per image encoder when there are several; with `dual_views`, the same models trained
+/// with the dual-encoder recipe on those views. `with_all` adds each one's twin
+/// retrained on every training image for the epochs early stopping chose.
 pub(crate) fn fusion_members(
     p: &TrainingData,
     checkpoints: &Checkpoints,
     members: bool,
+    dual_views: &[String],
     with_all: bool,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Vec<Member>> {
@@ -98,11 +102,25 @@ pub(crate) fn fusion_members(
         } else {
             None
         };
-        let name = format!("fusion {} + {}", p.image_encoder, p.text_encoder);
-        Ok(Member { name, encoders, scorer: Arc::new(Fusion::new(model)), all })
+        let dual_encoder = (!ck.options.train_views.is_empty()).then(|| ck.options.train_views.clone());
+        let name = match dual_encoder {
+            Some(_) => format!("dual encoder {} + {}", p.image_encoder, p.text_encoder),
+            None => format!("fusion {} + {}", p.image_encoder, p.text_encoder),
+        };
+        Ok(Member { name, encoders, dual_encoder, scorer: Arc::new(Fusion::new(model)), all })
     };
     let mut out = vec![load_or_train(p, checkpoints, Vec::new())?];
+    if !dual_views.is_empty() && p.image_parts.len() > 1 {
+        out.push(load_or_train(p, &checkpoints.dual(dual_views.to_vec()), Vec::new())?);
+    }
+    let mut per_encoder = Vec::new();
     if p.image_parts.len() > 1 && members {
+        per_encoder.push(checkpoints.clone());
+    }
+    if !dual_views.is_empty() {
+        per_encoder.push(checkpoints.dual(dual_views.to_vec()));
+    }
+    for checkpoints in &per_encoder {
         for part in 0..p.image_parts.len() {
             let ck = checkpoints.only(part)?;
             let m = load_or_train(&p.only(part)?, &ck, ck.image_encoders.clone())?;
@@ -111,6 +129,7 @@ pub(crate) fn fusion_members(
             out.push(Member {
                 name: m.name,
                 encoders: m.encoders,
+                dual_encoder: m.dual_encoder,
                 scorer: columns(m.scorer),
                 all: m.all.map(|(s, epochs)| (columns(s), epochs)),
             });

@@ -83,13 +83,13 @@ fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize) -> (Engine, Ten
     let bridge = Bridge::new(heads, unit_rows(random(&mut rng, (3, text_dim))), 1.0).unwrap();
     let all = layout.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join("+");
     let mut members = vec![(
-        MemberRecipe { encoders: vec![], epochs: 3 },
+        MemberRecipe { encoders: vec![], epochs: 3, dual_encoder: None },
         member(&dir.join("m0"), &all, width, text_dim, 1),
         dir.join("m0"),
     )];
     if let (true, Some(last)) = (layout.len() > 1, layout.last()) {
         members.push((
-            MemberRecipe { encoders: vec![last.encoder().to_owned()], epochs: 2 },
+            MemberRecipe { encoders: vec![last.encoder().to_owned()], epochs: 2, dual_encoder: None },
             member(&dir.join("m1"), &last.id, last.dim, text_dim, 2),
             dir.join("m1"),
         ));

@@ -48,6 +48,8 @@ fn class_key(texts: ClassTexts, i: usize) -> String {
 struct Caches {
     images: Vec<(String, EmbeddingCache, EmbeddingCache)>,
     texts: EmbeddingCache,
+    /// Per encoder, the train images' features of the single views `v1` and `v2`.
+    train_views: Vec<Vec<(String, EmbeddingCache)>>,
 }
 
 impl Caches {
@@ -66,12 +68,26 @@ impl Caches {
         for texts in [ClassTexts::Names, ClassTexts::Sentences] {
             keys.extend((0..1000).map(|i| class_key(texts, i)));
         }
-        Caches { images, texts: cache(TEXT, TEXT_DIM, keys.iter().map(String::as_str)) }
+        let train_views = [("a", 4), ("b", 3)]
+            .into_iter()
+            .map(|(id, dim)| {
+                ["v1", "v2"]
+                    .into_iter()
+                    .map(|v| (v.to_owned(), cache(&format!("{id}@{v}"), dim, train.iter().map(String::as_str))))
+                    .collect()
+            })
+            .collect();
+        Caches { images, texts: cache(TEXT, TEXT_DIM, keys.iter().map(String::as_str)), train_views }
     }
 
     fn view(&self) -> Embeddings<'_> {
         Embeddings {
-            images: self.images.iter().map(|(id, train, test)| ImageEmbeddings { id, train, test }).collect(),
+            images: self
+                .images
+                .iter()
+                .zip(&self.train_views)
+                .map(|((id, train, test), train_views)| ImageEmbeddings { id, train, test, train_views })
+                .collect(),
             texts: &self.texts,
             class_key,
         }
@@ -153,14 +169,22 @@ fn default_recipe_keeps_the_members_of_the_layout() {
     };
     let encoders = |r: &Recipe| -> Vec<Vec<String>> { r.members.iter().map(|m| m.encoders.clone()).collect() };
     let all = Recipe::default();
-    assert_eq!(default_recipe(&layout(&["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"])), all);
-    // One encoder: only the model on every encoder (that is, on it), with the default's epochs.
-    let one = default_recipe(&layout(&["efficientnet-lite0"]));
-    assert_eq!(one.members, [MemberRecipe { encoders: Vec::new(), epochs: all.members[0].epochs }]);
+    let three = layout(&["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"]);
+    let views: Vec<String> = all.members.iter().flat_map(|m| m.dual_encoder.clone().unwrap_or_default()).collect();
+    assert_eq!(default_recipe(&three, &views), all);
+    // Without the views, the dual-encoder members go (the default has some: issue 16).
+    let fusion_only: Vec<MemberRecipe> = all.members.iter().filter(|m| m.dual_encoder.is_none()).cloned().collect();
+    assert!(fusion_only.len() < all.members.len());
+    assert_eq!(default_recipe(&three, &[]).members, fusion_only);
+    // One encoder: only the models on every encoder (that is, on it), with the default's epochs.
+    let one = default_recipe(&layout(&["efficientnet-lite0"]), &[]);
+    assert_eq!(one.members, [MemberRecipe { encoders: Vec::new(), epochs: all.members[0].epochs, dual_encoder: None }]);
     assert_eq!((one.weights, one.neighbours), (all.weights, all.neighbours));
-    let two = default_recipe(&layout(&["mobilenet-v2", "efficientnet-lite2"]));
+    let one = default_recipe(&layout(&["efficientnet-lite0"]), &views);
+    assert!(one.members.iter().all(|m| m.encoders.is_empty()) && one.members[0].dual_encoder.is_none(), "{one:?}");
+    let two = default_recipe(&layout(&["mobilenet-v2", "efficientnet-lite2"]), &[]);
     assert_eq!(encoders(&two), [vec![], vec!["mobilenet-v2".to_owned()], vec!["efficientnet-lite2".to_owned()]]);
-    assert_eq!(encoders(&default_recipe(&layout(&["other", "another"]))), [Vec::<String>::new()]);
+    assert_eq!(encoders(&default_recipe(&layout(&["other", "another"]), &[])), [Vec::<String>::new()]);
 }
 
 #[test]
@@ -186,8 +210,8 @@ fn an_engine_is_built_from_a_recipe_and_loads() {
         .collect();
     let recipe = Recipe {
         members: vec![
-            MemberRecipe { encoders: vec![], epochs: 2 },
-            MemberRecipe { encoders: vec!["b".into()], epochs: 1 },
+            MemberRecipe { encoders: vec![], epochs: 2, dual_encoder: None },
+            MemberRecipe { encoders: vec!["b".into()], epochs: 1, dual_encoder: None },
         ],
         neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
         ..Recipe::default()
@@ -206,7 +230,68 @@ fn an_engine_is_built_from_a_recipe_and_loads() {
     assert!(ck.all_dir(0, 2).join("fusion.json").is_file());
     assert!(ck.only(1).unwrap().all_dir(0, 1).join("fusion.json").is_file());
 
-    let bad = Recipe { members: vec![MemberRecipe { encoders: vec!["c".into()], epochs: 1 }], ..recipe };
+    let bad =
+        Recipe { members: vec![MemberRecipe { encoders: vec!["c".into()], epochs: 1, dual_encoder: None }], ..recipe };
     let err = build(&sources, bad, &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::MemberNotInLayout(ref e) if e == "c"), "{err}");
+}
+
+#[test]
+fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
+    let ds = fixture();
+    let caches = Caches::new(&ds);
+    let emb = caches.view();
+    let data = TrainingData::new(&ds, &emb, &TrainOptions::default()).unwrap();
+    // Each view side by side over the encoders, rows as the averaged features'.
+    let views: Vec<&str> = data.image_views.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(views, ["v1", "v2"]);
+    assert!(data.image_views.iter().all(|(_, t)| t.dims() == data.images.dims()));
+    assert_eq!(data.only(1).unwrap().image_views[1].1.dims(), [5, 3]);
+    let err = data.views(&["v1".into(), "v3".into()]).unwrap_err();
+    assert!(matches!(err, Error::MissingView { ref view, .. } if view == "v3"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ck = Checkpoints {
+        dir: dir.path().join("checkpoints"),
+        image_encoders: vec!["a".into(), "b".into()],
+        views: vec!["center".into()],
+        options: small_options(),
+        retrain: false,
+    };
+    let dual = ck.dual(vec!["v1".into(), "v2".into()]);
+    assert_eq!((dual.options.hidden_dim, dual.options.positive_batches, dual.options.epochs), (0, true, 30));
+    assert_ne!(dual.digest(), ck.digest());
+    let heads: Vec<ClassifierHead> = [4, 3]
+        .into_iter()
+        .map(|dim| {
+            let w = Tensor::from_vec(toy(&format!("head{dim}"), dim * 1000), (dim, 1000), &Device::Cpu).unwrap();
+            ClassifierHead::new(w, Tensor::zeros(1000, candle::DType::F32, &Device::Cpu).unwrap()).unwrap()
+        })
+        .collect();
+    let recipe = Recipe {
+        members: vec![
+            MemberRecipe { encoders: vec![], epochs: 1, dual_encoder: None },
+            MemberRecipe { encoders: vec!["b".into()], epochs: 2, dual_encoder: Some(vec!["v1".into(), "v2".into()]) },
+        ],
+        neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
+        ..Recipe::default()
+    };
+    let engine_dir = dir.path().join("engine");
+    let sources = Sources { data: &data, embeddings: &emb, heads: &heads };
+    build(&sources, recipe.clone(), &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap();
+    let loaded = Engine::load(&engine_dir, "a@center+b@center", TEXT).unwrap();
+    assert_eq!(loaded.recipe(), &recipe);
+    // The dual member's checkpoint is the dual recipe's, a linear projection.
+    let member = dual.only(1).unwrap().all_dir(0, 2);
+    let config = std::fs::read_to_string(member.join("fusion.json")).unwrap();
+    assert!(config.contains("\"hidden_dim\": 0"), "{config}");
+    assert!(!ck.only(1).unwrap().all_dir(0, 2).exists());
+
+    // A view the embeddings lack is an error naming it, not a model trained without it.
+    let missing = Recipe {
+        members: vec![MemberRecipe { encoders: vec!["a".into()], epochs: 1, dual_encoder: Some(vec!["v9".into()]) }],
+        ..recipe
+    };
+    let err = build(&sources, missing, &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::MissingView { ref view, .. } if view == "v9"), "{err}");
 }

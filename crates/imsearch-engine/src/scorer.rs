@@ -567,14 +567,13 @@ impl Scorer for Ensemble {
                 _ => unreachable!("an ensemble prepares parts"),
             },
         };
-        let mut mats = Vec::new();
-        let mut weights = Vec::new();
-        for ((scorer, w), p) in self.parts.iter().zip(&prepared) {
-            if let Some(p) = p {
-                mats.push(scorer.matrix(p, texts)?);
-                weights.push(*w);
-            }
-        }
+        // The parts side by side on the cores: each is a chain of small tensor operations
+        // that mostly run on one thread (eight fusion members took 67-84 ms in a row on a
+        // 2-core machine for 500 queries against 100 images).
+        let active: Vec<(&Arc<dyn Scorer>, f32, &Prepared)> =
+            self.parts.iter().zip(&prepared).filter_map(|((s, w), p)| p.as_ref().map(|p| (s, *w, p))).collect();
+        let mats = active.par_iter().map(|(s, _, p)| s.matrix(p, texts)).collect::<Result<Vec<_>>>()?;
+        let weights: Vec<f32> = active.iter().map(|a| a.1).collect();
         if mats.is_empty() {
             return Err(crate::Error::Invalid("an ensemble with every weight 0".into()));
         }

@@ -20,7 +20,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) no_tfidf: bool,
     /// Leave out the fusion models on one image encoder each (the members of the fusion
-    /// ensemble besides the model on all of them).
+    /// ensemble besides the models on all of them), of both training recipes.
     #[arg(long)]
     pub(crate) no_members: bool,
     /// Splits of the training images (seeds --seed, --seed + 1, ...) whose validation captions

@@ -52,6 +52,10 @@ enum Command {
     Train(train::Args),
     /// Compare every model with baselines on validation, save the engine built with the choices,
     /// then score the 500 test queries once (metrics.json, with each test query's rank).
+    ///
+    /// The fusion members are trained with two recipes, the fusion recipe (the training flags)
+    /// and the dual-encoder recipe on the single views of --train-views ("none" leaves those
+    /// members out); validation chooses which the ensemble averages.
     Eval(eval::Args),
     /// Measure the compliance policies: training pairs removed, test queries blocked, the image classifier on the test images.
     Compliance(compliance::Args),

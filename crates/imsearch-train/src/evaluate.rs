@@ -38,7 +38,7 @@ pub struct EvalConfig {
     /// are pooled for the ensemble's choices; the validation figures are of the first.
     pub validation_splits: u32,
     /// Single views of the training images for the members trained with the dual-encoder
-    /// recipe (one per image encoder); empty: no such members.
+    /// recipe (on every encoder and, with `members`, on each one); empty: no such members.
     pub dual_encoder_views: Vec<String>,
 }
 

@@ -82,7 +82,7 @@ pub(crate) struct Member {
 
 /// The fusion models of one split: the model on every image encoder and, with `members`, one
 /// model per image encoder when there are several; with `dual_views`, the same models trained
-/// with the dual-encoder recipe on those views. `with_all` adds each one's twin
+/// with the dual-encoder recipe on those views (with one encoder, that model on it). `with_all` adds each one's twin
 /// retrained on every training image for the epochs early stopping chose.
 pub(crate) fn fusion_members(
     p: &TrainingData,
@@ -117,7 +117,7 @@ pub(crate) fn fusion_members(
     if p.image_parts.len() > 1 && members {
         per_encoder.push(checkpoints.clone());
     }
-    if !dual_views.is_empty() {
+    if !dual_views.is_empty() && (members || p.image_parts.len() == 1) {
         per_encoder.push(checkpoints.dual(dual_views.to_vec()));
     }
     for checkpoints in &per_encoder {

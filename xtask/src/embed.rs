@@ -74,12 +74,14 @@ impl EmbedOpts {
         Ok(self.kinds()?.into_iter().map(|k| self.image_model_id(k)).collect::<Vec<_>>().join("+"))
     }
 
+    /// The names of `--train-views` ("none": none).
+    pub(crate) fn train_view_names(&self) -> Vec<String> {
+        self.train_views.iter().filter(|v| *v != "none").cloned().collect()
+    }
+
     /// The single views of the training images to encode for augmentation (`--train-views`).
     pub(crate) fn train_views(&self) -> Result<Vec<View>> {
-        if self.train_views.iter().all(|v| v == "none") {
-            return Ok(Vec::new());
-        }
-        self.train_views
+        self.train_view_names()
             .iter()
             .map(|v| v.parse::<View>().with_context(|| format!("invalid --train-views {}", self.train_views.join(","))))
             .collect()
@@ -158,9 +160,10 @@ pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> R
     // Single views of the training images, for training with views as augmentation: one pass
     // per view, every encoder at once.
     let mut train_views: Vec<Vec<(String, EmbeddingCache)>> = encoders.iter().map(|_| Vec::new()).collect();
+    let kinds = opts.kinds()?;
     for view in opts.train_views()? {
         let name = view.to_string();
-        let view_ids: Vec<String> = opts.kinds()?.into_iter().map(|k| format!("{}@{name}", k.id())).collect();
+        let view_ids: Vec<String> = kinds.iter().map(|k| format!("{}@{name}", k.id())).collect();
         let caches = embed_images(&encoders, &view_ids, &[view], &train, opts.batch, &dir, "train", &mut times)?;
         for (per_encoder, cache) in train_views.iter_mut().zip(caches) {
             per_encoder.push((name.clone(), cache));

@@ -50,7 +50,7 @@ fn evaluate(args: &Args) -> Result<Metrics> {
         tfidf: !args.no_tfidf,
         members: !args.no_members,
         validation_splits: args.validation_splits,
-        dual_encoder_views: pipeline.embed.train_views.iter().filter(|v| *v != "none").cloned().collect(),
+        dual_encoder_views: pipeline.embed.train_view_names(),
     };
     let heads = engine::heads(pipeline)?;
     let dir = engine::engine_dir(pipeline);

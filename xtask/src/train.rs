@@ -130,7 +130,7 @@ impl Pipeline {
     pub(crate) fn options(&self) -> TrainOptions {
         let mut options = self.train.options();
         if self.train.recipe == Recipe::DualEncoder {
-            options.train_views = self.embed.train_views.iter().filter(|v| *v != "none").cloned().collect();
+            options.train_views = self.embed.train_view_names();
         }
         options
     }

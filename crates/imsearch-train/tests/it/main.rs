@@ -94,6 +94,28 @@ impl Caches {
     }
 }
 
+/// The checkpoints of the engine tests: both toy encoders, under `<dir>/checkpoints`.
+fn engine_checkpoints(dir: &std::path::Path) -> Checkpoints {
+    Checkpoints {
+        dir: dir.join("checkpoints"),
+        image_encoders: vec!["a".into(), "b".into()],
+        views: vec!["center".into()],
+        options: small_options(),
+        retrain: false,
+    }
+}
+
+/// Toy ImageNet classifiers of the two toy encoders (4 and 3 features).
+fn toy_heads() -> Vec<ClassifierHead> {
+    [4, 3]
+        .into_iter()
+        .map(|dim| {
+            let w = Tensor::from_vec(toy(&format!("head{dim}"), dim * 1000), (dim, 1000), &Device::Cpu).unwrap();
+            ClassifierHead::new(w, Tensor::zeros(1000, candle::DType::F32, &Device::Cpu).unwrap()).unwrap()
+        })
+        .collect()
+}
+
 fn small_options() -> TrainOptions {
     TrainOptions { epochs: 2, shared_dim: 4, hidden_dim: 8, contrastive_batch: 4, ..TrainOptions::default() }
 }
@@ -194,20 +216,8 @@ fn an_engine_is_built_from_a_recipe_and_loads() {
     let emb = caches.view();
     let data = TrainingData::new(&ds, &emb, &TrainOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ck = Checkpoints {
-        dir: dir.path().join("checkpoints"),
-        image_encoders: vec!["a".into(), "b".into()],
-        views: vec!["center".into()],
-        options: small_options(),
-        retrain: false,
-    };
-    let heads: Vec<ClassifierHead> = [4, 3]
-        .into_iter()
-        .map(|dim| {
-            let w = Tensor::from_vec(toy(&format!("head{dim}"), dim * 1000), (dim, 1000), &Device::Cpu).unwrap();
-            ClassifierHead::new(w, Tensor::zeros(1000, candle::DType::F32, &Device::Cpu).unwrap()).unwrap()
-        })
-        .collect();
+    let ck = engine_checkpoints(dir.path());
+    let heads = toy_heads();
     let recipe = Recipe {
         members: vec![
             MemberRecipe { encoders: vec![], epochs: 2, dual_encoder: None },
@@ -251,23 +261,11 @@ fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
     assert!(matches!(err, Error::MissingView { ref view, .. } if view == "v3"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    let ck = Checkpoints {
-        dir: dir.path().join("checkpoints"),
-        image_encoders: vec!["a".into(), "b".into()],
-        views: vec!["center".into()],
-        options: small_options(),
-        retrain: false,
-    };
+    let ck = engine_checkpoints(dir.path());
     let dual = ck.dual(vec!["v1".into(), "v2".into()]);
     assert_eq!((dual.options.hidden_dim, dual.options.positive_batches, dual.options.epochs), (0, true, 30));
     assert_ne!(dual.digest(), ck.digest());
-    let heads: Vec<ClassifierHead> = [4, 3]
-        .into_iter()
-        .map(|dim| {
-            let w = Tensor::from_vec(toy(&format!("head{dim}"), dim * 1000), (dim, 1000), &Device::Cpu).unwrap();
-            ClassifierHead::new(w, Tensor::zeros(1000, candle::DType::F32, &Device::Cpu).unwrap()).unwrap()
-        })
-        .collect();
+    let heads = toy_heads();
     let recipe = Recipe {
         members: vec![
             MemberRecipe { encoders: vec![], epochs: 1, dual_encoder: None },

@@ -189,10 +189,25 @@ pub(crate) fn test_image_matrix(emb: &Embeddings, ids: &[&str]) -> Result<candle
 }
 
 /// Prints imsearch-train's events as they come, with a progress bar over each training's
-/// epochs.
+/// epochs, or over the models of trainings run side by side.
 pub(crate) fn printer() -> impl FnMut(Event<'_>) {
     let mut bar: Option<ProgressBar> = None;
+    let mut side_by_side: Option<ProgressBar> = None;
     move |event| match event {
+        Event::TrainingSideBySide { models, .. } => {
+            println!("{event}");
+            side_by_side = Some(crate::progress::bar(models as u64, "training side by side", "models"));
+        }
+        Event::Trained { .. } if side_by_side.is_some() => {
+            if let Some(many) = &side_by_side {
+                many.inc(1);
+                many.suspend(|| println!("{event}"));
+                if many.length().is_some_and(|n| many.position() >= n) {
+                    many.finish_and_clear();
+                    side_by_side = None;
+                }
+            }
+        }
         Event::Training { model, epochs, all_images } => {
             let label = if all_images { format!("training {model} on all") } else { "training".to_owned() };
             bar = Some(crate::progress::bar(epochs as u64, &label, "epochs"));

@@ -45,6 +45,10 @@ pub struct TrainConfig {
     /// With decay every epoch up to `max_epochs` runs (no early stop), and the best on
     /// validation is kept.
     pub cosine_epochs: usize,
+    /// With `positive_batches`: every labelled training pair whose label is at least this is a
+    /// positive pair of the contrastive batches too, besides `PairSet::positives` (`None`:
+    /// only those).
+    pub positive_label: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +67,7 @@ impl Default for TrainConfig {
             positive_batches: false,
             warmup_steps: 0,
             cosine_epochs: 0,
+            positive_label: None,
         }
     }
 }
@@ -215,14 +220,21 @@ pub fn train_with_views(
         captions_of.entry(i).or_default().push(t);
     }
     let positive_images: Vec<usize> = captions_of.keys().copied().collect();
-    let positive_set: HashSet<(usize, usize)> = train.positives.iter().copied().collect();
+    let mut positive_set: HashSet<(usize, usize)> = train.positives.iter().copied().collect();
+    let mut positives = train.positives.clone();
+    if let (true, Some(at_least)) = (tc.positive_batches, tc.positive_label) {
+        for &(i, t, label) in &train.pairs {
+            if label >= at_least && positive_set.insert((t, i)) {
+                positives.push((t, i));
+            }
+        }
+    }
     let patience = if tc.cosine_epochs > 0 { tc.max_epochs } else { tc.patience };
     let mut step_count = 0usize;
 
     let mut report = TrainReport { epochs: Vec::new(), best_epoch: 0, best_validation_mrr: f64::NEG_INFINITY };
     let mut best: Option<BTreeMap<String, Tensor>> = None;
     let mut pairs = train.pairs.clone();
-    let mut positives = train.positives.clone();
     for epoch in 1..=tc.max_epochs {
         pairs.shuffle(&mut rng);
         let mut order = positive_images.clone();
@@ -689,8 +701,45 @@ mod tests {
         let diff = (&plain["image.out.weight"] - &tensors["image.out.weight"]).unwrap().abs().unwrap();
         assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
         let short = images.narrow(0, 0, 39).unwrap();
-        let err = train_with_views(linear, &tc, &images, &[short], &texts, &tr, &va, |_| {}).unwrap_err().to_string();
+        let err =
+            train_with_views(linear.clone(), &tc, &images, &[short], &texts, &tr, &va, |_| {}).unwrap_err().to_string();
         assert!(err.contains("every view needs a row per image"), "{err}");
+
+        // Two trainings side by side on threads give the models of one at a time.
+        let (a, b) = std::thread::scope(|s| {
+            let (a, b) = (s.spawn(run), s.spawn(run));
+            (a.join().unwrap().1, b.join().unwrap().1)
+        });
+        for t in [a, b] {
+            for (k, v) in &tensors {
+                let diff = (v - &t[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert_eq!(diff, 0.0, "{k} differs when trained beside another model");
+            }
+        }
+    }
+
+    /// Labelled pairs at least `positive_label` good join the contrastive positives: a pair
+    /// graded 0.7 changes the model at 0.5, not at 0.9 (every pair that good is a positive).
+    #[test]
+    fn positive_label_adds_the_well_graded_pairs_as_positives() {
+        let device = Device::Cpu;
+        let (images, texts, mut tr, va) = world(&device);
+        for i in 0..10 {
+            tr.pairs.push(((i + 7) % 30, i, 0.7));
+        }
+        let tc = TrainConfig { positive_batches: true, max_epochs: 5, ..toy_train_config() };
+        let linear = FusionConfig { hidden_dim: 0, ..config() };
+        let run = |positive_label| {
+            let tc = TrainConfig { positive_label, ..tc.clone() };
+            train(linear.clone(), &tc, &images, &texts, &tr, &va, |_| {}).unwrap().1
+        };
+        let (none, half, most) = (run(None), run(Some(0.5)), run(Some(0.9)));
+        let differ = |a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>| {
+            let d = (&a["image.out.weight"] - &b["image.out.weight"]).unwrap().abs().unwrap();
+            d.max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(differ(&none, &half) > 0.0);
+        assert_eq!(differ(&none, &most), 0.0);
     }
 
     #[test]

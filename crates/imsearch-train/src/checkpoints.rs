@@ -64,6 +64,9 @@ pub struct TrainOptions {
     /// Epochs of cosine learning-rate decay after warm-up (0: constant; otherwise every epoch
     /// runs and the best on validation is kept).
     pub cosine_epochs: usize,
+    /// With `positive_batches`: labelled training pairs at least this good are contrastive
+    /// positives too ([`TrainConfig::positive_label`]).
+    pub positive_label: Option<f32>,
 }
 
 impl Default for TrainOptions {
@@ -87,6 +90,7 @@ impl Default for TrainOptions {
             positive_batches: tc.positive_batches,
             warmup_steps: tc.warmup_steps,
             cosine_epochs: tc.cosine_epochs,
+            positive_label: tc.positive_label,
         }
     }
 }
@@ -106,6 +110,7 @@ impl TrainOptions {
             positive_batches: self.positive_batches,
             warmup_steps: self.warmup_steps,
             cosine_epochs: self.cosine_epochs,
+            positive_label: self.positive_label,
             ..TrainConfig::default()
         }
     }
@@ -169,7 +174,8 @@ impl TrainOptions {
             self.input_dropout,
             self.locked_text
         );
-        legacy + &added
+        let label = self.positive_label.map(|l| format!(" + positive_label: {l:?}")).unwrap_or_default();
+        legacy + &added + &label
     }
 }
 
@@ -368,12 +374,27 @@ impl Checkpoints {
         Ok((model, dir))
     }
 
+    /// Whether the split model has a checkpoint that loads for this data (`retrain` aside).
+    pub fn has_split(&self, data: &TrainingData) -> bool {
+        self.load_from(data, &self.split_dir()).is_some()
+    }
+
+    /// Whether the model of `init_seed` retrained on every training image for `epochs` has a
+    /// checkpoint that loads for this data (`retrain` aside).
+    pub fn has_all(&self, data: &TrainingData, init_seed: u64, epochs: usize) -> bool {
+        self.load_from(data, &self.all_dir(init_seed, epochs)).is_some()
+    }
+
+    fn load_from(&self, data: &TrainingData, dir: &Path) -> Option<FusionModel> {
+        FusionModel::load(dir, &data.image_encoder, &data.text_encoder, &Device::Cpu).ok()
+    }
+
     /// The checkpoint in `dir` for this data, unless `retrain` is set.
     fn load(&self, data: &TrainingData, dir: &Path) -> Option<FusionModel> {
         if self.retrain {
             return None;
         }
-        FusionModel::load(dir, &data.image_encoder, &data.text_encoder, &Device::Cpu).ok()
+        self.load_from(data, dir)
     }
 }
 

@@ -18,8 +18,9 @@ use serde::Serialize;
 use crate::{
     build, caption_bank, default_recipe, neighbours_of,
     select::{
-        choose_bridge, choose_neighbours, correct_columns, fit_calibration, fusion_members, index, normalised,
-        validation_matrix, CalibrationReport, Member, NeighbourChoice, ValidationSplit,
+        choose_bridge, choose_members, choose_neighbours, correct_columns, fit_calibration, fusion_members, index,
+        member_plans, normalised, paired_standard_error, train_missing, validation_matrix, CalibrationReport, Member,
+        NeighbourChoice, ValidationSplit,
     },
     Checkpoints, DataCounts, Embeddings, Error, Event, Result, Sources, TrainingData,
 };
@@ -134,8 +135,24 @@ pub fn evaluate(
 
     // The fusion models: trained on the split, and (for the test set) the same configuration
     // retrained on every training image for the number of epochs validation chose.
+    // The fusion models of every split: trained side by side where their checkpoints are
+    // missing, then loaded. The first split's models also have their twin on every training
+    // image (for the test set): more splits of the training images (the next seeds) serve the
+    // ensemble's choices only, since one split's 198 validation captions leave differences of
+    // 0.02 in MRR to chance. Each split has its own fusion models and neighbours; their
+    // validation captions are pooled.
     let dual = config.dual_encoder_views.as_slice();
-    let all_members = fusion_members(&p, ck, config.members, dual, true, on_event)?;
+    let mut split_data = vec![(p.clone(), ck.clone())];
+    for k in 1..u64::from(config.validation_splits) {
+        let ck = ck.with_seed(seed + k);
+        split_data.push((Arc::new(TrainingData::new(ds, emb, &ck.options)?), ck));
+    }
+    let mut plans =
+        split_data.iter().map(|(q, ck)| member_plans(q, ck, config.members, dual)).collect::<Result<Vec<_>>>()?;
+    let with_all: Vec<bool> = plans.iter().enumerate().flat_map(|(k, m)| vec![k == 0; m.len()]).collect();
+    train_missing(&mut plans.iter_mut().flatten().collect::<Vec<_>>(), &with_all, on_event)?;
+    let mut plans = plans.into_iter();
+    let all_members = fusion_members(&plans.next().ok_or(Error::Empty("no validation split"))?, true, on_event)?;
     for m in &all_members {
         let (test, _) = m.all.clone().ok_or(Error::Empty("a member without its all-images twin"))?;
         entries.push(Entry {
@@ -145,17 +162,11 @@ pub fn evaluate(
             texts: p.texts.clone(),
         });
     }
-
-    // More splits of the training images (the next seeds), for the ensemble's choices: one
-    // split's 198 validation captions leave differences of 0.02 in MRR to chance. Each split
-    // has its own fusion models and neighbours; their validation captions are pooled.
     let mut split_members = vec![(p.clone(), all_members.iter().map(|m| m.scorer.clone()).collect::<Vec<_>>())];
-    for k in 1..u64::from(config.validation_splits) {
-        let ck = ck.with_seed(seed + k);
-        on_event(Event::ValidationSplit { number: k + 1, of: config.validation_splits, seed: ck.options.seed });
-        let q = Arc::new(TrainingData::new(ds, emb, &ck.options)?);
-        let members = fusion_members(&q, &ck, config.members, dual, false, on_event)?;
-        split_members.push((q, members.into_iter().map(|m| m.scorer).collect()));
+    for (k, (plans, (q, ck))) in plans.zip(split_data.iter().skip(1)).enumerate() {
+        on_event(Event::ValidationSplit { number: k as u64 + 2, of: config.validation_splits, seed: ck.options.seed });
+        let members = fusion_members(&plans, false, on_event)?;
+        split_members.push((q.clone(), members.into_iter().map(|m| m.scorer).collect()));
     }
     // The splits with the fusion members `keep` chooses (by their training recipe).
     let splits_of = |keep: &dyn Fn(&Member) -> bool| -> Vec<ValidationSplit> {
@@ -191,17 +202,25 @@ pub fn evaluate(
         compositions.push(("dual-encoder recipe", |m| m.dual_encoder.is_some()));
         compositions.push(("fusion and dual-encoder recipes", |_| true));
     }
-    let mut chosen: Option<(NeighbourChoice, Keep, Vec<ValidationSplit>)> = None;
+    let mut tried: Vec<(NeighbourChoice, Keep, Vec<ValidationSplit>, usize, &str)> = Vec::new();
     for (which, keep) in compositions {
         let candidate = splits_of(&keep);
         let choice = choose_neighbours(&candidate, &banks, &bridge_bn, on_event)?;
         let members = all_members.iter().filter(|m| keep(m)).count();
         on_event(Event::MembersTried { which, members, mrr: choice.pooled });
-        if chosen.as_ref().is_none_or(|c| choice.pooled > c.0.pooled) {
-            chosen = Some((choice, keep, candidate));
-        }
+        tried.push((choice, keep, candidate, members, which));
     }
-    let (choice, keep, chosen_splits) = chosen.ok_or(Error::Empty("no fusion members"))?;
+    let candidates: Vec<(usize, &[usize])> = tried.iter().map(|t| (t.3, t.0.ranks.as_slice())).collect();
+    let k = choose_members(&candidates).ok_or(Error::Empty("no fusion members"))?;
+    let best = (0..tried.len()).max_by(|&a, &b| tried[a].0.pooled.total_cmp(&tried[b].0.pooled)).unwrap_or(k);
+    on_event(Event::MembersChosen {
+        which: tried[k].4,
+        members: tried[k].3,
+        mrr: tried[k].0.pooled,
+        best: tried[best].0.pooled,
+        standard_error: paired_standard_error(&tried[best].0.ranks, &tried[k].0.ranks),
+    });
+    let (choice, keep, chosen_splits, _, _) = tried.swap_remove(k);
     splits = chosen_splits;
     let members: Vec<&Member> = all_members.iter().filter(|m| keep(m)).collect();
     let group = splits[0].group.clone();
@@ -268,7 +287,10 @@ pub fn evaluate(
         "pooled_validation_mrr": choice.pooled,
     });
     let sources = Sources { data: &p, embeddings: emb, heads };
-    let engine = build(&sources, recipe, ck, provenance, engine_dir, on_event)?;
+    // The members' twins on every training image were trained above (retrained, when asked):
+    // the engine loads them.
+    let trained = Checkpoints { retrain: false, ..ck.clone() };
+    let engine = build(&sources, recipe, &trained, provenance, engine_dir, on_event)?;
     entries.push(Entry {
         name: ENGINE_SCORER.into(),
         scorer: Arc::new(Ensemble::new(parts.into_iter().zip(w.iter().copied()).collect())),

@@ -37,6 +37,12 @@ pub enum Event<'a> {
         seconds: f64,
         dir: &'a Path,
     },
+    /// Several models about to be trained side by side, `workers` at a time; each one's end
+    /// follows as [`Event::Trained`] (no [`Event::Training`] or [`Event::Epoch`]).
+    TrainingSideBySide {
+        models: usize,
+        workers: usize,
+    },
     /// A saved checkpoint was loaded instead of training.
     Reused {
         dir: &'a Path,
@@ -78,6 +84,15 @@ pub enum Event<'a> {
         which: &'a str,
         members: usize,
         mrr: f64,
+    },
+    /// The fusion members kept: the most members whose pooled validation MRR is within one
+    /// paired standard error of the best choice's.
+    MembersChosen {
+        which: &'a str,
+        members: usize,
+        mrr: f64,
+        best: f64,
+        standard_error: f64,
     },
     /// The ensemble's choice: its weights, its neighbourhood, the pooled validation MRR and
     /// the MRR on the first split alone.
@@ -123,7 +138,12 @@ impl fmt::Display for Event<'_> {
                 "epoch {:>2}: train loss {:.4}, validation bce {:.4}, validation MRR {:.3}",
                 e.epoch, e.train_loss, e.validation_bce, e.validation_mrr
             ),
-            Event::Trained { all_images: false, seconds, .. } => write!(f, "trained in {seconds:.1} s"),
+            Event::TrainingSideBySide { models, workers } => {
+                write!(f, "training {models} models, {workers} at a time")
+            }
+            Event::Trained { model, all_images: false, epochs, seconds, .. } => {
+                write!(f, "trained {model} ({epochs} epochs) in {seconds:.1} s")
+            }
             Event::Trained { model, all_images: true, images, epochs, seconds, .. } => {
                 write!(f, "retrained {model} on all {images} training images for {epochs} epochs in {seconds:.1} s")
             }
@@ -150,6 +170,11 @@ impl fmt::Display for Event<'_> {
             Event::MembersTried { which, members, mrr } => {
                 write!(f, "fusion members of the {which} ({members} models): ensemble validation MRR {mrr:.3}")
             }
+            Event::MembersChosen { which, members, mrr, best, standard_error } => write!(
+                f,
+                "kept the fusion members of the {which} ({members} models, validation MRR {mrr:.3}; the best is \
+                 {best:.3}, one paired standard error {standard_error:.3})"
+            ),
             Event::EnsembleChosen { weights: w, hood, pooled, captions, splits, first } => write!(
                 f,
                 "ensemble: fusion models 1.00, caption neighbours {:.2} ({} at temperature {}), class bridge {:.2} \

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use candle::{Device, Tensor};
 use imsearch_engine::{
-    match_features, select, BankNormalised, Bridge, Calibration, ClassTexts, ClassifierHead, Columns, Fusion,
+    combine, match_features, select, BankNormalised, Bridge, Calibration, ClassTexts, ClassifierHead, Columns, Fusion,
     Neighbourhood, Neighbours, Scorer,
 };
 use imsearch_eval::{expected_calibration_error, fit_logistic, reliability, Bin};
@@ -80,19 +80,171 @@ pub(crate) struct Member {
     pub(crate) all: Option<(Arc<dyn Scorer>, usize)>,
 }
 
+/// One fusion model of a split before it is trained or loaded: the data it reads (every
+/// encoder's features, or one encoder's: `columns`, its offset and width in the layout of
+/// every encoder) and its checkpoints.
+pub(crate) struct MemberPlan {
+    pub(crate) data: Arc<TrainingData>,
+    pub(crate) checkpoints: Checkpoints,
+    pub(crate) columns: Option<(usize, usize)>,
+}
+
 /// The fusion models of one split: the model on every image encoder and, with `members`, one
 /// model per image encoder when there are several; with `dual_views`, the same models trained
-/// with the dual-encoder recipe on those views (with one encoder, that model on it). `with_all` adds each one's twin
-/// retrained on every training image for the epochs early stopping chose.
-pub(crate) fn fusion_members(
-    p: &TrainingData,
+/// with the dual-encoder recipe on those views (with one encoder, that model on it).
+pub(crate) fn member_plans(
+    p: &Arc<TrainingData>,
     checkpoints: &Checkpoints,
     members: bool,
     dual_views: &[String],
+) -> Result<Vec<MemberPlan>> {
+    let whole = |checkpoints: Checkpoints| MemberPlan { data: p.clone(), checkpoints, columns: None };
+    let mut out = vec![whole(checkpoints.clone())];
+    if !dual_views.is_empty() && p.image_parts.len() > 1 {
+        out.push(whole(checkpoints.dual(dual_views.to_vec())));
+    }
+    let mut per_encoder = Vec::new();
+    if p.image_parts.len() > 1 && members {
+        per_encoder.push(checkpoints.clone());
+    }
+    if !dual_views.is_empty() && (members || p.image_parts.len() == 1) {
+        per_encoder.push(checkpoints.dual(dual_views.to_vec()));
+    }
+    if !per_encoder.is_empty() {
+        let parts = (0..p.image_parts.len()).map(|part| Ok(Arc::new(p.only(part)?))).collect::<Result<Vec<_>>>()?;
+        for checkpoints in &per_encoder {
+            for (part, data) in parts.iter().enumerate() {
+                out.push(MemberPlan {
+                    data: data.clone(),
+                    checkpoints: checkpoints.only(part)?,
+                    columns: Some(p.columns(part)?),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A training run for [`train_in_parallel`]: it reports its events to the callback it is given.
+type Job<'a> = Box<dyn FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<()> + Send + 'a>;
+
+/// How many trainings run side by side: one per core, at most two (each one's matrix
+/// products also use the cores; two keep a 2-core machine busy where one leaves it idle
+/// between the small products of a fusion model's step).
+fn training_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+/// Trains the models of `plans` that have no usable checkpoint (or all, when their
+/// checkpoints say retrain), side by side on the cores: first each split model, then, for the
+/// plans of `with_all`, its twin on every training image for the epochs early stopping chose.
+/// Models are independent and each seeded by its options, so the checkpoints are those of
+/// one-at-a-time training. Afterwards the plans' checkpoints no longer say retrain, so that
+/// [`fusion_members`] loads what was trained here.
+pub(crate) fn train_missing(
+    plans: &mut [&mut MemberPlan],
+    with_all: &[bool],
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    let split_jobs: Vec<Job<'_>> = plans
+        .iter()
+        .filter(|m| m.checkpoints.retrain || !m.checkpoints.has_split(&m.data))
+        .map(|m| {
+            let (data, ck) = (&m.data, &m.checkpoints);
+            Box::new(move |ev: &mut dyn FnMut(Event<'_>)| ck.train(data, ck.options.seed, ev).map(|_| ())) as Job<'_>
+        })
+        .collect();
+    run_jobs(split_jobs, training_workers(), on_event)?;
+    let mut all_jobs: Vec<Job<'_>> = Vec::new();
+    for (m, _) in plans.iter().zip(with_all).filter(|(_, &w)| w) {
+        let (data, ck) = (&m.data, &m.checkpoints);
+        let epochs = ck.best_epoch(ck.options.seed)?.max(1);
+        if ck.retrain || !ck.has_all(data, ck.options.seed, epochs) {
+            all_jobs.push(Box::new(move |ev: &mut dyn FnMut(Event<'_>)| {
+                ck.load_or_train_all(data, ck.options.seed, epochs, ev).map(|_| ())
+            }));
+        }
+    }
+    run_jobs(all_jobs, training_workers(), on_event)?;
+    for m in plans.iter_mut() {
+        m.checkpoints.retrain = false;
+    }
+    Ok(())
+}
+
+/// A [`Event::Trained`] sent from a worker thread to the caller's.
+struct TrainedMessage {
+    model: String,
+    all_images: bool,
+    images: usize,
+    epochs: usize,
+    seconds: f64,
+    dir: std::path::PathBuf,
+}
+
+/// Runs `jobs`, `workers` at a time; one at a time (every event passed on) when there is one
+/// worker or one job. Side by side, only each job's [`Event::Trained`] is passed on, after
+/// one [`Event::TrainingSideBySide`]. The first error stops the jobs not yet started.
+fn run_jobs(jobs: Vec<Job<'_>>, workers: usize, on_event: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+    if workers <= 1 || jobs.len() <= 1 {
+        return jobs.into_iter().try_for_each(|job| job(on_event));
+    }
+    on_event(Event::TrainingSideBySide { models: jobs.len(), workers });
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<TrainedMessage>();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (tx, queue, failed) = (tx.clone(), &queue, &failed);
+                scope.spawn(move || -> Result<()> {
+                    loop {
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let Some(job) = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next() else {
+                            return Ok(());
+                        };
+                        let mut forward = |e: Event<'_>| {
+                            if let Event::Trained { model, all_images, images, epochs, seconds, dir } = e {
+                                let dir = dir.to_path_buf();
+                                let model = model.to_owned();
+                                // The receiver lives until every worker ends.
+                                let _ = tx.send(TrainedMessage { model, all_images, images, epochs, seconds, dir });
+                            }
+                        };
+                        if let Err(e) = job(&mut forward) {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for m in rx {
+            on_event(Event::Trained {
+                model: &m.model,
+                all_images: m.all_images,
+                images: m.images,
+                epochs: m.epochs,
+                seconds: m.seconds,
+                dir: &m.dir,
+            });
+        }
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or(Err(Error::Empty("a training thread panicked"))))
+    })
+}
+
+/// The fusion models of `plans` (trained or loaded), with (where `with_all` says so) each
+/// one's twin retrained on every training image for the epochs early stopping chose.
+pub(crate) fn fusion_members(
+    plans: &[MemberPlan],
     with_all: bool,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Vec<Member>> {
-    let mut load_or_train = |p: &TrainingData, ck: &Checkpoints, encoders: Vec<String>| -> Result<Member> {
+    let mut out = Vec::with_capacity(plans.len());
+    for MemberPlan { data: p, checkpoints: ck, columns } in plans {
         let model = ck.load_or_train(p, on_event)?;
         let all = if with_all {
             let seed = ck.options.seed;
@@ -107,33 +259,20 @@ pub(crate) fn fusion_members(
             Some(_) => format!("dual encoder {} + {}", p.image_encoder, p.text_encoder),
             None => format!("fusion {} + {}", p.image_encoder, p.text_encoder),
         };
-        Ok(Member { name, encoders, dual_encoder, scorer: Arc::new(Fusion::new(model)), all })
-    };
-    let mut out = vec![load_or_train(p, checkpoints, Vec::new())?];
-    if !dual_views.is_empty() && p.image_parts.len() > 1 {
-        out.push(load_or_train(p, &checkpoints.dual(dual_views.to_vec()), Vec::new())?);
-    }
-    let mut per_encoder = Vec::new();
-    if p.image_parts.len() > 1 && members {
-        per_encoder.push(checkpoints.clone());
-    }
-    if !dual_views.is_empty() && (members || p.image_parts.len() == 1) {
-        per_encoder.push(checkpoints.dual(dual_views.to_vec()));
-    }
-    for checkpoints in &per_encoder {
-        for part in 0..p.image_parts.len() {
-            let ck = checkpoints.only(part)?;
-            let m = load_or_train(&p.only(part)?, &ck, ck.image_encoders.clone())?;
-            let (offset, dim) = p.columns(part)?;
-            let columns = |s: Arc<dyn Scorer>| Arc::new(Columns::new(s, offset, dim)) as Arc<dyn Scorer>;
-            out.push(Member {
-                name: m.name,
-                encoders: m.encoders,
-                dual_encoder: m.dual_encoder,
-                scorer: columns(m.scorer),
-                all: m.all.map(|(s, epochs)| (columns(s), epochs)),
-            });
-        }
+        let (scorer, encoders): (Arc<dyn Scorer>, _) = (Arc::new(Fusion::new(model)), Vec::new());
+        let member = Member { name, encoders, dual_encoder, scorer, all };
+        out.push(match *columns {
+            None => member,
+            Some((offset, dim)) => {
+                let columns = |s: Arc<dyn Scorer>| Arc::new(Columns::new(s, offset, dim)) as Arc<dyn Scorer>;
+                Member {
+                    encoders: ck.image_encoders.clone(),
+                    scorer: columns(member.scorer),
+                    all: member.all.map(|(s, epochs)| (columns(s), epochs)),
+                    ..member
+                }
+            }
+        });
     }
     Ok(out)
 }
@@ -178,6 +317,8 @@ pub(crate) struct NeighbourChoice {
     pub(crate) hood: Neighbourhood,
     pub(crate) weights: [f32; 3],
     pub(crate) pooled: f64,
+    /// The rank of each pooled validation caption's image under the choice, split by split.
+    pub(crate) ranks: Vec<usize>,
     pub(crate) gallery: Neighbours,
 }
 
@@ -201,7 +342,7 @@ pub(crate) fn choose_neighbours(
     let first = Neighbourhood { k: NEIGHBOURS_K[0], temperature: NEIGHBOURS_TEMPERATURES[0] };
     let galleries = splits.iter().map(|split| neighbours_of(&split.p, false, first)).collect::<Result<Vec<_>>>()?;
     let correct: Vec<Vec<usize>> = splits.iter().map(ValidationSplit::correct).collect();
-    let mut best: Option<(Neighbourhood, [f32; 3], f64)> = None;
+    let mut best: Option<(Neighbourhood, [f32; 3], f64, Vec<usize>)> = None;
     for k in NEIGHBOURS_K {
         for temperature in NEIGHBOURS_TEMPERATURES {
             let hood = Neighbourhood { k, temperature };
@@ -214,13 +355,41 @@ pub(crate) fn choose_neighbours(
             let weights = [w[0], w[1], w[2]];
             on_event(Event::NeighboursTried { hood, weights, mrr });
             if best.as_ref().is_none_or(|b| mrr > b.2) {
-                best = Some((hood, weights, mrr));
+                let ranks = mats.iter().zip(&correct).flat_map(|(m, c)| select::ranks(&combine(m, &w), c)).collect();
+                best = Some((hood, weights, mrr, ranks));
             }
         }
     }
-    let (hood, weights, pooled) = best.ok_or(Error::Empty("no neighbours setting"))?;
+    let (hood, weights, pooled, ranks) = best.ok_or(Error::Empty("no neighbours setting"))?;
     let gallery = galleries.into_iter().next().ok_or(Error::Empty("no validation split"))?.with(hood);
-    Ok(NeighbourChoice { hood, weights, pooled, gallery })
+    Ok(NeighbourChoice { hood, weights, pooled, ranks, gallery })
+}
+
+/// The standard error of the mean of the per-caption differences of reciprocal rank between
+/// two choices ranked on the same captions (a paired comparison); 0 with fewer than two.
+pub(crate) fn paired_standard_error(a: &[usize], b: &[usize]) -> f64 {
+    let d: Vec<f64> = a.iter().zip(b).map(|(&x, &y)| 1.0 / x as f64 - 1.0 / y as f64).collect();
+    let n = d.len() as f64;
+    if d.len() < 2 {
+        return 0.0;
+    }
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (var / n).sqrt()
+}
+
+/// Which of several choices of ensemble members to keep, given each one's member count and
+/// its per-caption ranks on the pooled validation (the same captions in the same order): the
+/// one with the most members among those whose MRR is within one paired standard error of
+/// the best (equal weights add no fitted parameter, and averaging more models lowers the
+/// variance a single split's choice leaves), the higher MRR among equals. `None` when empty.
+pub(crate) fn choose_members(candidates: &[(usize, &[usize])]) -> Option<usize> {
+    let mrrs: Vec<f64> = candidates.iter().map(|(_, r)| select::mrr(r)).collect();
+    let best = (0..candidates.len()).max_by(|&a, &b| mrrs[a].total_cmp(&mrrs[b]).then(b.cmp(&a)))?;
+    let within = |k: usize| mrrs[best] - mrrs[k] <= paired_standard_error(candidates[best].1, candidates[k].1);
+    (0..candidates.len())
+        .filter(|&k| within(k))
+        .max_by(|&a, &b| candidates[a].0.cmp(&candidates[b].0).then(mrrs[a].total_cmp(&mrrs[b])).then(b.cmp(&a)))
 }
 
 /// The calibration's L2 penalty: small, for a well-posed fit on thousands of pairs.
@@ -332,7 +501,7 @@ fn shown_scores(mats: &[Vec<Vec<f32>>], weights: &[f32; 3]) -> Vec<Vec<f32>> {
 /// `Ensemble::matrix` of matrices `mats` with `weights`.
 fn squashed(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
     let total: f32 = weights.iter().sum();
-    let mut out = imsearch_engine::combine(mats, weights);
+    let mut out = combine(mats, weights);
     for z in out.iter_mut().flatten() {
         *z = 0.5 + (*z / total).atan() / std::f32::consts::PI;
     }
@@ -388,4 +557,85 @@ pub(crate) fn fit_calibration(
         after: CalibrationFigures::of(&pooled(&|p| predict(&calibration, p)), &labels)?,
         after_held_out: CalibrationFigures::of(&held_out, &labels)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_standard_error_of_hand_computed_ranks() {
+        // Differences of reciprocal rank: 1 - 1/2, 1/2 - 1/2, 1/4 - 1 = 0.5, 0, -0.75.
+        let se = paired_standard_error(&[1, 2, 4], &[2, 2, 1]);
+        let d = [0.5f64, 0.0, -0.75];
+        let mean = d.iter().sum::<f64>() / 3.0;
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0;
+        assert!((se - (var / 3.0).sqrt()).abs() < 1e-12, "{se}");
+        assert_eq!(paired_standard_error(&[1, 2], &[1, 2]), 0.0);
+        assert_eq!(paired_standard_error(&[1], &[3]), 0.0);
+    }
+
+    #[test]
+    fn jobs_side_by_side_report_every_end_and_an_error() {
+        let dir = std::path::PathBuf::from("/nowhere");
+        let job = |k: usize, fail: bool| -> Job<'static> {
+            let dir = dir.clone();
+            Box::new(move |ev: &mut dyn FnMut(Event<'_>)| {
+                let report = imsearch_fusion::EpochReport {
+                    epoch: 1,
+                    train_loss: 0.0,
+                    validation_bce: 0.0,
+                    validation_mrr: 0.0,
+                };
+                ev(Event::Epoch { report: &report, all_images: false });
+                ev(Event::Trained {
+                    model: &format!("m{k}"),
+                    all_images: false,
+                    images: 1,
+                    epochs: k,
+                    seconds: 0.0,
+                    dir: &dir,
+                });
+                if fail {
+                    Err(Error::Empty("a failing job"))
+                } else {
+                    Ok(())
+                }
+            })
+        };
+        for workers in [1, 2] {
+            let mut seen = Vec::new();
+            let mut side_by_side = 0;
+            run_jobs((0..5).map(|k| job(k, false)).collect(), workers, &mut |e| match e {
+                Event::Trained { epochs, .. } => seen.push(epochs),
+                Event::TrainingSideBySide { models, workers } => side_by_side += models * workers,
+                _ => {}
+            })
+            .unwrap();
+            seen.sort();
+            assert_eq!(seen, vec![0, 1, 2, 3, 4], "{workers} workers");
+            assert_eq!(side_by_side, if workers == 2 { 10 } else { 0 });
+        }
+        for workers in [1, 2] {
+            let jobs = vec![job(0, false), job(1, true), job(2, false)];
+            let err = run_jobs(jobs, workers, &mut |_| {}).unwrap_err();
+            assert!(err.to_string().contains("a failing job"), "{workers} workers: {err}");
+        }
+    }
+
+    #[test]
+    fn choose_members_prefers_more_members_within_the_noise() {
+        let best: Vec<usize> = (0..1000).map(|i| if i % 2 == 0 { 1 } else { 3 }).collect();
+        // One caption in a thousand ranked 2 instead of 1: a difference well within the noise.
+        let mut close = best.clone();
+        close[0] = 2;
+        // Every caption ranked worse: outside it (the paired differences do not vary).
+        let far: Vec<usize> = best.iter().map(|r| r + 1).collect();
+        assert_eq!(choose_members(&[(4, &best), (8, &close)]), Some(1));
+        assert_eq!(choose_members(&[(4, &best), (8, &far)]), Some(0));
+        // Equal counts: the higher MRR; exact ties: the first.
+        assert_eq!(choose_members(&[(4, &close), (4, &best)]), Some(1));
+        assert_eq!(choose_members(&[(4, &best), (4, &best)]), Some(0));
+        assert_eq!(choose_members(&[]), None);
+    }
 }

@@ -285,7 +285,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let data = paths::data_dir(args.data.as_deref())?;
     let ds = Dataset::load(&data, Default::default())
         .with_context(|| format!("failed to load the dataset at {}", data.display()))?;
-    let emb = embed::embed_all(&ds, &args.models.store()?, &args.embed)?;
+    // The policies read the two-view features only: the single views the dual-encoder members
+    // train on are not encoded here.
+    let two_views = EmbedOpts { train_views: vec!["none".into()], ..args.embed.clone() };
+    let emb = embed::embed_all(&ds, &args.models.store()?, &two_views)?;
     let split = split_opts(args.seed, args.train_fraction)?;
     let prepared = train::prepare(&ds, &emb, &split)?;
     let text = text_figures(&ds, &prepared)?;

@@ -136,9 +136,12 @@ pub(crate) struct Embeddings {
 pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> Result<Embeddings> {
     let dir = opts.workdir().join("embeddings");
     let views = opts.views()?;
+    // Every flag checked before the first image is encoded.
+    let single_views = opts.train_views()?;
+    let kinds = opts.kinds()?;
     let mut encoders = Vec::new();
     let mut ids = Vec::new();
-    for kind in opts.kinds()? {
+    for &kind in &kinds {
         let files = crate::models::ensure(store, kind.id())?;
         let encoder = imsearch_vision::load(kind, &files.weights, &Device::Cpu)
             .with_context(|| format!("failed to load {kind}"))?;
@@ -160,8 +163,7 @@ pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> R
     // Single views of the training images, for training with views as augmentation: one pass
     // per view, every encoder at once.
     let mut train_views: Vec<Vec<(String, EmbeddingCache)>> = encoders.iter().map(|_| Vec::new()).collect();
-    let kinds = opts.kinds()?;
-    for view in opts.train_views()? {
+    for view in single_views {
         let name = view.to_string();
         let view_ids: Vec<String> = kinds.iter().map(|k| format!("{}@{name}", k.id())).collect();
         let caches = embed_images(&encoders, &view_ids, &[view], &train, opts.batch, &dir, "train", &mut times)?;

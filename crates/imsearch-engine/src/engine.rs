@@ -182,19 +182,19 @@ impl Default for Recipe {
         Recipe {
             members: vec![
                 member(&[], 7, false),
-                member(&[], 5, true),
+                member(&[], 14, true),
                 member(&["mobilenet-v2"], 6, false),
                 member(&["efficientnet-lite0"], 2, false),
                 member(&["efficientnet-lite2"], 2, false),
-                member(&["mobilenet-v2"], 27, true),
-                member(&["efficientnet-lite0"], 25, true),
-                member(&["efficientnet-lite2"], 19, true),
+                member(&["mobilenet-v2"], 28, true),
+                member(&["efficientnet-lite0"], 26, true),
+                member(&["efficientnet-lite2"], 7, true),
             ],
             weights: [1.0, 0.25, 0.25],
             neighbours: Neighbourhood { k: 10, temperature: 1.0 },
             bridge_temperature: 1.0,
             class_texts: ClassTexts::Sentences,
-            calibration: Calibration { weights: [0.8150796, 0.1992244, 0.08294972], bias: -1.34947 },
+            calibration: Calibration { weights: [0.83129525, 0.1883483, 0.08063212], bias: -1.2924674 },
         }
     }
 }

@@ -117,9 +117,10 @@ impl TrainOptions {
 
     /// The small-data dual-encoder recipe (issue 16): linear projections into 256-d with
     /// dropout 0.5 on the standardised inputs, views as augmentation, batches of 128 positive
-    /// pairs under a multi-positive InfoNCE at temperature 0.05 plus the soft-label
-    /// cross-entropy of 512 random labelled pairs (weight 1 each), AdamW at 1e-3 with weight decay
-    /// 0.01, 50 warm-up steps then cosine decay over 30 epochs, the epoch chosen on validation.
+    /// pairs (each caption with its own image and every training pair labelled 0.5 or more)
+    /// under a multi-positive InfoNCE at temperature 0.05 plus the soft-label cross-entropy of
+    /// 512 random labelled pairs (weight 1 each), AdamW at 1e-3 with weight decay 0.01, 50
+    /// warm-up steps then cosine decay over 30 epochs, the epoch chosen on validation.
     pub fn dual_encoder(seed: u64, train_views: Vec<String>) -> TrainOptions {
         TrainOptions {
             seed,
@@ -137,6 +138,7 @@ impl TrainOptions {
             positive_batches: true,
             warmup_steps: 50,
             cosine_epochs: 30,
+            positive_label: Some(0.5),
             ..TrainOptions::default()
         }
     }
@@ -456,6 +458,7 @@ mod tests {
         // The recipe's options are a different checkpoint.
         let dual = TrainOptions::dual_encoder(0, vec!["center".into()]);
         assert!(dual.digest_key().contains("train_views: [\"center\"]"), "{}", dual.digest_key());
+        assert!(dual.digest_key().ends_with(" + positive_label: 0.5"), "{}", dual.digest_key());
         let ck = checkpoints(&ALL, 0);
         assert_ne!(Checkpoints { options: dual, ..ck.clone() }.digest(), ck.digest());
     }

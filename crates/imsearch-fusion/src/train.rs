@@ -49,6 +49,10 @@ pub struct TrainConfig {
     /// positive pair of the contrastive batches too, besides `PairSet::positives` (`None`:
     /// only those).
     pub positive_label: Option<f32>,
+    /// Weight in the label cross-entropy of the labelled pairs labelled 0 (graded 1 by the
+    /// experts and rejected by the crowd: the confusions search makes) against 1 for the
+    /// others; 1: every pair alike.
+    pub negative_weight: f64,
 }
 
 impl Default for TrainConfig {
@@ -68,6 +72,7 @@ impl Default for TrainConfig {
             warmup_steps: 0,
             cosine_epochs: 0,
             positive_label: None,
+            negative_weight: 1.0,
         }
     }
 }
@@ -317,8 +322,14 @@ pub fn train_with_views(
                 let img_p = img.narrow(0, 0, ui.len())?.index_select(&index(&at_i, &device)?, 0)?;
                 let txt_p = txt.narrow(0, 0, ut.len())?.index_select(&index(&at_t, &device)?, 0)?;
                 let z = model.pair_logits(&img_p, &txt_p)?;
-                let y = Tensor::from_vec(y, i.len(), &device)?;
-                loss = (loss + bce_with_logits(&z, &y)?)?;
+                let bce = if tc.negative_weight == 1.0 {
+                    bce_with_logits(&z, &Tensor::from_vec(y, i.len(), &device)?)?
+                } else {
+                    let w: Vec<f32> =
+                        y.iter().map(|&l| if l == 0.0 { tc.negative_weight as f32 } else { 1.0 }).collect();
+                    weighted_bce_with_logits(&z, &Tensor::from_vec(y, i.len(), &device)?, &w)?
+                };
+                loss = (loss + bce)?;
             }
             let n = contrastive.0.len();
             if n > 0 {
@@ -423,6 +434,14 @@ pub(crate) fn multi_positive_infonce(logits: &Tensor, mask: &Tensor) -> candle::
 pub(crate) fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle::Result<Tensor> {
     let l = ((z.relu()? - (z * y)?)? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     l.mean_all()
+}
+
+/// [`bce_with_logits`] with a weight per pair: `sum(w l) / sum(w)`.
+pub(crate) fn weighted_bce_with_logits(z: &Tensor, y: &Tensor, w: &[f32]) -> candle::Result<Tensor> {
+    let total: f32 = w.iter().sum();
+    let w = Tensor::from_slice(w, w.len(), z.device())?;
+    let l = ((z.relu()? - (z * y)?)? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    (l * w)?.sum_all()? / f64::from(total.max(f32::MIN_POSITIVE))
 }
 
 fn init_vars(config: &FusionConfig, rng: &mut ChaCha8Rng, device: &Device) -> Result<BTreeMap<String, Var>> {
@@ -857,5 +876,18 @@ mod tests {
             .sum::<f32>()
             / 3.0;
         assert!((got - expected).abs() < 1e-5, "{got} {expected}");
+        // Weighted: equal weights are the mean; otherwise sum(w l) / sum(w).
+        let ones = weighted_bce_with_logits(&z, &y, &[1.0; 3]).unwrap().to_scalar::<f32>().unwrap();
+        assert!((ones - got).abs() < 1e-6, "{ones} {got}");
+        let each: Vec<f32> = [(0.0f32, 0.5f32), (2.0, 1.0), (-3.0, 0.2)]
+            .iter()
+            .map(|&(z, y)| {
+                let p = 1.0 / (1.0 + (-z).exp());
+                -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+            })
+            .collect();
+        let weighted = weighted_bce_with_logits(&z, &y, &[3.0, 1.0, 0.0]).unwrap().to_scalar::<f32>().unwrap();
+        let want = (3.0 * each[0] + each[1]) / 4.0;
+        assert!((weighted - want).abs() < 1e-5, "{weighted} {want}");
     }
 }

@@ -67,6 +67,8 @@ pub struct TrainOptions {
     /// With `positive_batches`: labelled training pairs at least this good are contrastive
     /// positives too ([`TrainConfig::positive_label`]).
     pub positive_label: Option<f32>,
+    /// Weight of the pairs labelled 0 in the label cross-entropy ([`TrainConfig::negative_weight`]).
+    pub negative_weight: f64,
 }
 
 impl Default for TrainOptions {
@@ -91,6 +93,7 @@ impl Default for TrainOptions {
             warmup_steps: tc.warmup_steps,
             cosine_epochs: tc.cosine_epochs,
             positive_label: tc.positive_label,
+            negative_weight: tc.negative_weight,
         }
     }
 }
@@ -111,6 +114,7 @@ impl TrainOptions {
             warmup_steps: self.warmup_steps,
             cosine_epochs: self.cosine_epochs,
             positive_label: self.positive_label,
+            negative_weight: self.negative_weight,
             ..TrainConfig::default()
         }
     }
@@ -177,7 +181,12 @@ impl TrainOptions {
             self.locked_text
         );
         let label = self.positive_label.map(|l| format!(" + positive_label: {l:?}")).unwrap_or_default();
-        legacy + &added + &label
+        let negatives = if self.negative_weight == 1.0 {
+            String::new()
+        } else {
+            format!(" + negative_weight: {:?}", self.negative_weight)
+        };
+        legacy + &added + &label + &negatives
     }
 }
 
@@ -459,6 +468,8 @@ mod tests {
         let dual = TrainOptions::dual_encoder(0, vec!["center".into()]);
         assert!(dual.digest_key().contains("train_views: [\"center\"]"), "{}", dual.digest_key());
         assert!(dual.digest_key().ends_with(" + positive_label: 0.5"), "{}", dual.digest_key());
+        let weighted = TrainOptions { negative_weight: 3.0, ..dual.clone() };
+        assert_eq!(weighted.digest_key(), dual.digest_key() + " + negative_weight: 3.0");
         let ck = checkpoints(&ALL, 0);
         assert_ne!(Checkpoints { options: dual, ..ck.clone() }.digest(), ck.digest());
     }

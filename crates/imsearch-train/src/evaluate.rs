@@ -133,14 +133,12 @@ pub fn evaluate(
         entries.push(tfidf_entry(ds, &p, ck, on_event)?);
     }
 
-    // The fusion models: trained on the split, and (for the test set) the same configuration
-    // retrained on every training image for the number of epochs validation chose.
     // The fusion models of every split: trained side by side where their checkpoints are
     // missing, then loaded. The first split's models also have their twin on every training
-    // image (for the test set): more splits of the training images (the next seeds) serve the
-    // ensemble's choices only, since one split's 198 validation captions leave differences of
-    // 0.02 in MRR to chance. Each split has its own fusion models and neighbours; their
-    // validation captions are pooled.
+    // image, retrained for the epochs validation chose (for the test set). The other splits
+    // (the next seeds) serve the ensemble's choices only: one split's 198 validation captions
+    // leave differences of 0.02 in MRR to chance. Each split has its own fusion models and
+    // neighbours; their validation captions are pooled.
     let dual = config.dual_encoder_views.as_slice();
     let mut split_data = vec![(p.clone(), ck.clone())];
     for k in 1..u64::from(config.validation_splits) {

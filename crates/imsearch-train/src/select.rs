@@ -125,7 +125,7 @@ pub(crate) fn member_plans(
     Ok(out)
 }
 
-/// A training run for [`train_in_parallel`]: it reports its events to the callback it is given.
+/// A training run for [`run_jobs`]: it reports its events to the callback it is given.
 type Job<'a> = Box<dyn FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<()> + Send + 'a>;
 
 /// How many trainings run side by side: one per core, at most two (each one's matrix

@@ -11,7 +11,10 @@ use imsearch_engine::{
 };
 use imsearch_fusion::PairSet;
 
-use crate::{Checkpoints, Embeddings, Error, Event, Result, TrainingData, CONFIRMED};
+use crate::{
+    select::{run_jobs, training_workers, Job},
+    Checkpoints, Embeddings, Error, Event, Result, TrainingData, CONFIRMED,
+};
 
 /// What an engine is built from: the training data, the embeddings (for the class texts) and
 /// each image encoder's ImageNet classifier, in the layout's order.
@@ -42,7 +45,7 @@ pub fn default_recipe(layout: &[ImagePart], views: &[String]) -> Recipe {
 
 /// Builds the engine of `recipe` from every training image and saves it in `dir`: each member
 /// retrained on every training image for its epochs (checkpoints of `checkpoints` reused unless
-/// it says retrain), the caption neighbours over every training image, the bridge's heads, the
+/// it says retrain; the missing ones trained side by side on the cores), the caption neighbours over every training image, the bridge's heads, the
 /// bank of every training caption. `provenance` gains the seed and the options' digest.
 pub fn build(
     src: &Sources<'_>,
@@ -54,28 +57,43 @@ pub fn build(
 ) -> Result<Engine> {
     let (p, seed) = (src.data, checkpoints.options.seed);
     let start = Instant::now();
-    let mut members = Vec::new();
+    // Each member's checkpoints and the data it reads (one encoder's columns, or all).
+    let mut plans: Vec<(Checkpoints, Option<TrainingData>)> = Vec::with_capacity(recipe.members.len());
     for m in &recipe.members {
-        let dual;
         let checkpoints = match &m.dual_encoder {
-            Some(views) => {
-                dual = checkpoints.dual(views.clone());
-                &dual
-            }
-            None => checkpoints,
+            Some(views) => checkpoints.dual(views.clone()),
+            None => checkpoints.clone(),
         };
-        let (model, dir) = match m.encoders.as_slice() {
-            [] => checkpoints.load_or_train_all(p, seed, m.epochs, on_event)?,
+        plans.push(match m.encoders.as_slice() {
+            [] => (checkpoints, None),
             [one] => {
                 let part = p
                     .image_parts
                     .iter()
                     .position(|part| part.encoder() == one)
                     .ok_or_else(|| Error::MemberNotInLayout(one.clone()))?;
-                checkpoints.only(part)?.load_or_train_all(&p.only(part)?, seed, m.epochs, on_event)?
+                (checkpoints.only(part)?, Some(p.only(part)?))
             }
             more => return Err(Error::MemberEncoders(more.join("+"))),
-        };
+        });
+    }
+    // The members without a checkpoint (or all, to retrain), trained side by side; then every
+    // member loaded from its checkpoint.
+    let jobs: Vec<Job<'_>> = plans
+        .iter()
+        .zip(&recipe.members)
+        .filter(|((ck, data), m)| ck.retrain || !ck.has_all(data.as_ref().unwrap_or(p), seed, m.epochs))
+        .map(|((ck, data), m)| {
+            let (data, epochs) = (data.as_ref().unwrap_or(p), m.epochs);
+            Box::new(move |ev: &mut dyn FnMut(Event<'_>)| ck.load_or_train_all(data, seed, epochs, ev).map(|_| ()))
+                as Job<'_>
+        })
+        .collect();
+    run_jobs(jobs, training_workers(), on_event)?;
+    let mut members = Vec::with_capacity(plans.len());
+    for ((ck, data), m) in plans.into_iter().zip(&recipe.members) {
+        let ck = Checkpoints { retrain: false, ..ck };
+        let (model, dir) = ck.load_or_train_all(data.as_ref().unwrap_or(p), seed, m.epochs, on_event)?;
         members.push((m.clone(), model, dir));
     }
     let neighbours = neighbours_of(p, true, recipe.neighbours)?;

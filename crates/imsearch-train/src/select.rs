@@ -126,12 +126,12 @@ pub(crate) fn member_plans(
 }
 
 /// A training run for [`run_jobs`]: it reports its events to the callback it is given.
-type Job<'a> = Box<dyn FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<()> + Send + 'a>;
+pub(crate) type Job<'a> = Box<dyn FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<()> + Send + 'a>;
 
 /// How many trainings run side by side: one per core, at most two (each one's matrix
 /// products also use the cores; two keep a 2-core machine busy where one leaves it idle
 /// between the small products of a fusion model's step).
-fn training_workers() -> usize {
+pub(crate) fn training_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
@@ -185,7 +185,7 @@ struct TrainedMessage {
 /// Runs `jobs`, `workers` at a time; one at a time (every event passed on) when there is one
 /// worker or one job. Side by side, only each job's [`Event::Trained`] is passed on, after
 /// one [`Event::TrainingSideBySide`]. The first error stops the jobs not yet started.
-fn run_jobs(jobs: Vec<Job<'_>>, workers: usize, on_event: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+pub(crate) fn run_jobs(jobs: Vec<Job<'_>>, workers: usize, on_event: &mut dyn FnMut(Event<'_>)) -> Result<()> {
     if workers <= 1 || jobs.len() <= 1 {
         return jobs.into_iter().try_for_each(|job| job(on_event));
     }

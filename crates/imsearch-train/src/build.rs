@@ -45,8 +45,9 @@ pub fn default_recipe(layout: &[ImagePart], views: &[String]) -> Recipe {
 
 /// Builds the engine of `recipe` from every training image and saves it in `dir`: each member
 /// retrained on every training image for its epochs (checkpoints of `checkpoints` reused unless
-/// it says retrain; the missing ones trained side by side on the cores), the caption neighbours over every training image, the bridge's heads, the
-/// bank of every training caption. `provenance` gains the seed and the options' digest.
+/// it says retrain; the missing ones trained side by side on the cores), the caption neighbours
+/// over every training image, the bridge's heads, the bank of every training caption.
+/// `provenance` gains the seed and the options' digest.
 pub fn build(
     src: &Sources<'_>,
     recipe: Recipe,

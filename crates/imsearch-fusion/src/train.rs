@@ -322,6 +322,7 @@ pub fn train_with_views(
                 let img_p = img.narrow(0, 0, ui.len())?.index_select(&index(&at_i, &device)?, 0)?;
                 let txt_p = txt.narrow(0, 0, ut.len())?.index_select(&index(&at_t, &device)?, 0)?;
                 let z = model.pair_logits(&img_p, &txt_p)?;
+                // Unweighted, the plain mean: the default's checkpoints stay bit for bit.
                 let bce = if tc.negative_weight == 1.0 {
                     bce_with_logits(&z, &Tensor::from_vec(y, i.len(), &device)?)?
                 } else {
@@ -432,16 +433,19 @@ pub(crate) fn multi_positive_infonce(logits: &Tensor, mask: &Tensor) -> candle::
 /// Mean binary cross-entropy of `sigmoid(z)` against soft labels `y`, computed stably:
 /// `max(z, 0) - z y + log(1 + exp(-|z|))`.
 pub(crate) fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle::Result<Tensor> {
-    let l = ((z.relu()? - (z * y)?)? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    l.mean_all()
+    bce_terms(z, y)?.mean_all()
+}
+
+/// Each pair's binary cross-entropy of [`bce_with_logits`].
+fn bce_terms(z: &Tensor, y: &Tensor) -> candle::Result<Tensor> {
+    (z.relu()? - (z * y)?)? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 /// [`bce_with_logits`] with a weight per pair: `sum(w l) / sum(w)`.
 pub(crate) fn weighted_bce_with_logits(z: &Tensor, y: &Tensor, w: &[f32]) -> candle::Result<Tensor> {
     let total: f32 = w.iter().sum();
     let w = Tensor::from_slice(w, w.len(), z.device())?;
-    let l = ((z.relu()? - (z * y)?)? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    (l * w)?.sum_all()? / f64::from(total.max(f32::MIN_POSITIVE))
+    (bce_terms(z, y)? * w)?.sum_all()? / f64::from(total.max(f32::MIN_POSITIVE))
 }
 
 fn init_vars(config: &FusionConfig, rng: &mut ChaCha8Rng, device: &Device) -> Result<BTreeMap<String, Var>> {

@@ -12,7 +12,7 @@ use imsearch_engine::{
 use imsearch_fusion::PairSet;
 
 use crate::{
-    select::{run_jobs, training_workers, Job},
+    select::{all_images_job, run_jobs, training_workers, Job},
     Checkpoints, Embeddings, Error, Event, Result, TrainingData, CONFIRMED,
 };
 
@@ -83,12 +83,7 @@ pub fn build(
     let jobs: Vec<Job<'_>> = plans
         .iter()
         .zip(&recipe.members)
-        .filter(|((ck, data), m)| ck.retrain || !ck.has_all(data.as_ref().unwrap_or(p), seed, m.epochs))
-        .map(|((ck, data), m)| {
-            let (data, epochs) = (data.as_ref().unwrap_or(p), m.epochs);
-            Box::new(move |ev: &mut dyn FnMut(Event<'_>)| ck.load_or_train_all(data, seed, epochs, ev).map(|_| ()))
-                as Job<'_>
-        })
+        .filter_map(|((ck, data), m)| all_images_job(ck, data.as_ref().unwrap_or(p), m.epochs))
         .collect();
     run_jobs(jobs, training_workers(), on_event)?;
     let mut members = Vec::with_capacity(plans.len());

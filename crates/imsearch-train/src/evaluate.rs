@@ -145,10 +145,9 @@ pub fn evaluate(
         let ck = ck.with_seed(seed + k);
         split_data.push((Arc::new(TrainingData::new(ds, emb, &ck.options)?), ck));
     }
-    let mut plans =
+    let plans =
         split_data.iter().map(|(q, ck)| member_plans(q, ck, config.members, dual)).collect::<Result<Vec<_>>>()?;
-    let with_all: Vec<bool> = plans.iter().enumerate().flat_map(|(k, m)| vec![k == 0; m.len()]).collect();
-    train_missing(&mut plans.iter_mut().flatten().collect::<Vec<_>>(), &with_all, on_event)?;
+    train_missing(&plans, on_event)?;
     let mut plans = plans.into_iter();
     let all_members = fusion_members(&plans.next().ok_or(Error::Empty("no validation split"))?, true, on_event)?;
     for m in &all_members {

@@ -135,19 +135,15 @@ pub(crate) fn training_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
-/// Trains the models of `plans` that have no usable checkpoint (or all, when their
-/// checkpoints say retrain), side by side on the cores: first each split model, then, for the
-/// plans of `with_all`, its twin on every training image for the epochs early stopping chose.
-/// Models are independent and each seeded by its options, so the checkpoints are those of
-/// one-at-a-time training. Afterwards the plans' checkpoints no longer say retrain, so that
-/// [`fusion_members`] loads what was trained here.
-pub(crate) fn train_missing(
-    plans: &mut [&mut MemberPlan],
-    with_all: &[bool],
-    on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<()> {
-    let split_jobs: Vec<Job<'_>> = plans
+/// Trains, side by side on the cores, the models of every split's plans that have no usable
+/// checkpoint (all of them when their checkpoints say retrain): first each split model, then,
+/// for the first split's plans, its twin on every training image for the epochs early stopping
+/// chose. Models are independent and each seeded by its options, so the checkpoints are those
+/// of one-at-a-time training; [`fusion_members`] then loads them.
+pub(crate) fn train_missing(splits: &[Vec<MemberPlan>], on_event: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+    let split_jobs: Vec<Job<'_>> = splits
         .iter()
+        .flatten()
         .filter(|m| m.checkpoints.retrain || !m.checkpoints.has_split(&m.data))
         .map(|m| {
             let (data, ck) = (&m.data, &m.checkpoints);
@@ -155,21 +151,22 @@ pub(crate) fn train_missing(
         })
         .collect();
     run_jobs(split_jobs, training_workers(), on_event)?;
-    let mut all_jobs: Vec<Job<'_>> = Vec::new();
-    for (m, _) in plans.iter().zip(with_all).filter(|(_, &w)| w) {
-        let (data, ck) = (&m.data, &m.checkpoints);
-        let epochs = ck.best_epoch(ck.options.seed)?.max(1);
-        if ck.retrain || !ck.has_all(data, ck.options.seed, epochs) {
-            all_jobs.push(Box::new(move |ev: &mut dyn FnMut(Event<'_>)| {
-                ck.load_or_train_all(data, ck.options.seed, epochs, ev).map(|_| ())
-            }));
-        }
+    let mut all_jobs = Vec::new();
+    for m in splits.first().into_iter().flatten() {
+        let epochs = m.checkpoints.best_epoch(m.checkpoints.options.seed)?.max(1);
+        all_jobs.extend(all_images_job(&m.checkpoints, &m.data, epochs));
     }
-    run_jobs(all_jobs, training_workers(), on_event)?;
-    for m in plans.iter_mut() {
-        m.checkpoints.retrain = false;
-    }
-    Ok(())
+    run_jobs(all_jobs, training_workers(), on_event)
+}
+
+/// The job that trains `ck`'s model of `data` on every training image for `epochs` from its
+/// options' seed; `None` when that checkpoint is saved and `ck` does not say retrain.
+pub(crate) fn all_images_job<'a>(ck: &'a Checkpoints, data: &'a TrainingData, epochs: usize) -> Option<Job<'a>> {
+    let seed = ck.options.seed;
+    (ck.retrain || !ck.has_all(data, seed, epochs)).then(|| {
+        Box::new(move |ev: &mut dyn FnMut(Event<'_>)| ck.load_or_train_all(data, seed, epochs, ev).map(|_| ()))
+            as Job<'a>
+    })
 }
 
 /// A [`Event::Trained`] sent from a worker thread to the caller's.
@@ -236,21 +233,27 @@ pub(crate) fn run_jobs(jobs: Vec<Job<'_>>, workers: usize, on_event: &mut dyn Fn
     })
 }
 
-/// The fusion models of `plans` (trained or loaded), with (where `with_all` says so) each
-/// one's twin retrained on every training image for the epochs early stopping chose.
+/// The fusion models of `plans`, loaded from the checkpoints [`train_missing`] saved (any still
+/// missing trained here, one at a time), with (where `with_all` says so) each one's twin
+/// retrained on every training image for the epochs early stopping chose.
 pub(crate) fn fusion_members(
     plans: &[MemberPlan],
     with_all: bool,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Vec<Member>> {
     let mut out = Vec::with_capacity(plans.len());
-    for MemberPlan { data: p, checkpoints: ck, columns } in plans {
+    for MemberPlan { data: p, checkpoints, columns } in plans {
+        let ck = &Checkpoints { retrain: false, ..checkpoints.clone() };
+        let wrap = |s: Arc<dyn Scorer>| match *columns {
+            Some((offset, dim)) => Arc::new(Columns::new(s, offset, dim)) as Arc<dyn Scorer>,
+            None => s,
+        };
         let model = ck.load_or_train(p, on_event)?;
         let all = if with_all {
             let seed = ck.options.seed;
             let epochs = ck.best_epoch(seed)?.max(1);
             let all = ck.load_or_train_all(p, seed, epochs, on_event)?.0;
-            Some((Arc::new(Fusion::new(all)) as Arc<dyn Scorer>, epochs))
+            Some((wrap(Arc::new(Fusion::new(all))), epochs))
         } else {
             None
         };
@@ -259,20 +262,8 @@ pub(crate) fn fusion_members(
             Some(_) => format!("dual encoder {} + {}", p.image_encoder, p.text_encoder),
             None => format!("fusion {} + {}", p.image_encoder, p.text_encoder),
         };
-        let (scorer, encoders): (Arc<dyn Scorer>, _) = (Arc::new(Fusion::new(model)), Vec::new());
-        let member = Member { name, encoders, dual_encoder, scorer, all };
-        out.push(match *columns {
-            None => member,
-            Some((offset, dim)) => {
-                let columns = |s: Arc<dyn Scorer>| Arc::new(Columns::new(s, offset, dim)) as Arc<dyn Scorer>;
-                Member {
-                    encoders: ck.image_encoders.clone(),
-                    scorer: columns(member.scorer),
-                    all: member.all.map(|(s, epochs)| (columns(s), epochs)),
-                    ..member
-                }
-            }
-        });
+        let encoders = if columns.is_some() { ck.image_encoders.clone() } else { Vec::new() };
+        out.push(Member { name, encoders, dual_encoder, scorer: wrap(Arc::new(Fusion::new(model))), all });
     }
     Ok(out)
 }

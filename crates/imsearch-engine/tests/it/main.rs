@@ -40,7 +40,13 @@ fn member(dir: &Path, image_encoder: &str, image_dim: usize, text_dim: usize, se
     let model = FusionModel::new(config, vb).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors = HashMap::new();
-    for (name, var) in varmap.data().lock().unwrap().iter() {
+    // In the order of the names: a HashMap's order changes from run to run, and with it which
+    // weights a seed gives (the toy engine would differ between runs).
+    let vars = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
         let dims = var.dims().to_vec();
         let n: usize = dims.iter().product();
         let values: Vec<f32> =
@@ -48,6 +54,7 @@ fn member(dir: &Path, image_encoder: &str, image_dim: usize, text_dim: usize, se
         var.set(&Tensor::from_vec(values, dims, &Device::Cpu).unwrap()).unwrap();
         tensors.insert(name.clone(), var.as_tensor().clone());
     }
+    drop(vars);
     model.save(&tensors, dir).unwrap();
     FusionModel::load(dir, image_encoder, TEXT, &Device::Cpu).unwrap()
 }

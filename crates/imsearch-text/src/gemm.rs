@@ -131,37 +131,56 @@ impl Epilogue<'_> {
     }
 }
 
+/// Output columns of a half panel: one AVX-512 vector, two AVX2 ones.
+const HALF: usize = NR / 2;
+
+/// 16 floats on a 64-byte boundary: one cache line of a half panel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; HALF]);
+
 /// A weight matrix `W[n, k]` (PyTorch's `Linear` layout) packed for the kernels: panels of
-/// [`NR`] output columns, each stored `k`-major (`panel[p][j] = W[panel * NR + j][p]`), the last
-/// one padded with zeros.
+/// [`NR`] output columns, each stored as two half panels of 16 columns, each `k`-major
+/// (`half[p][j] = W[panel * NR + h * 16 + j][p]`), the last one padded with zeros. Every row of
+/// a half panel is one cache line: the AVX2 kernel sweeps a 16 KiB half panel, which stays in a
+/// 32 KiB L1 beside the input panel (a whole 32 KiB panel would not).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
     n: usize,
     k: usize,
-    data: Vec<f32>,
+    lines: Vec<Line>,
 }
 
 impl PackedWeight {
     /// Packs the row-major `w` (`n * k` values).
     pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}x{k} expected");
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0f32; panels * k * NR];
-        for panel in 0..panels {
-            let out = &mut data[panel * k * NR..(panel + 1) * k * NR];
-            for j in 0..NR.min(n - panel * NR) {
-                let row = &w[(panel * NR + j) * k..][..k];
-                for (p, &v) in row.iter().enumerate() {
-                    out[p * NR + j] = v;
+        let halves = n.div_ceil(NR) * 2;
+        let mut lines = vec![Line([0.0; HALF]); halves * k];
+        if k > 0 {
+            for (h, half) in lines.chunks_exact_mut(k).enumerate() {
+                for j in 0..HALF.min(n.saturating_sub(h * HALF)) {
+                    let row = &w[(h * HALF + j) * k..][..k];
+                    for (line, &v) in half.iter_mut().zip(row) {
+                        line.0[j] = v;
+                    }
                 }
             }
         }
-        PackedWeight { n, k, data }
+        PackedWeight { n, k, lines }
     }
 
     /// Output columns.
     pub(crate) fn n(&self) -> usize {
         self.n
+    }
+
+    /// Rows `kb..kb + kc` of half panel `h` (`kc * 16` values, 64-byte aligned).
+    fn half(&self, h: usize, kb: usize, kc: usize) -> &[f32] {
+        let lines = &self.lines[h * self.k + kb..][..kc];
+        // SAFETY: `Line` is `repr(C)` over `[f32; 16]` (its size is 64, a multiple of its
+        // alignment, so no padding): `kc` lines are `kc * 16` initialised floats.
+        unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), kc * HALF) }
     }
 }
 
@@ -199,8 +218,8 @@ multiversion! {
 
 /// The rows `first..` of `c` from the matching rows `a`, blocked as GotoBLAS does: for each
 /// block of [`KC`] inputs the rows are packed into [`MR`]-row panels (kept in L2), and each
-/// `KC x NR` weight panel (kept in L1) is swept over all of them. Then `finish` on each block
-/// of [`MR`] rows.
+/// `KC x NR` weight panel (AVX-512) or `KC x 16` half panel (the others), kept in L1, is swept
+/// over all of them. Then `epilogue` on each block of [`MR`] rows.
 #[inline(always)]
 fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize, epilogue: Epilogue<'_>) {
     let (n, k) = (w.n, w.k);
@@ -229,12 +248,25 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
             }
         }
         let (target, ldc): (&mut [f32], usize) = if padded == n { (&mut *c, n) } else { (&mut scratch, padded) };
-        for j in 0..n_panels {
-            let b = &w.data[(j * k + kb) * NR..(j * k + kb + kc) * NR];
-            for panel in 0..panels {
-                let rows = MR.min(m - panel * MR);
-                let a = &packed[panel * MR * kc..(panel + 1) * MR * kc];
-                tile(isa, kc, a, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
+        if isa == Isa::Avx512 {
+            // A whole 32 KiB panel per sweep, for a 48 KiB L1.
+            for j in 0..n_panels {
+                let b = [w.half(2 * j, kb, kc), w.half(2 * j + 1, kb, kc)];
+                for panel in 0..panels {
+                    let rows = MR.min(m - panel * MR);
+                    let a = &packed[panel * MR * kc..(panel + 1) * MR * kc];
+                    tile(isa, kc, a, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
+                }
+            }
+        } else {
+            // A 16 KiB half panel per sweep, for a 32 KiB L1.
+            for h in 0..2 * n_panels {
+                let b = w.half(h, kb, kc);
+                for panel in 0..panels {
+                    let rows = MR.min(m - panel * MR);
+                    let a = &packed[panel * MR * kc..(panel + 1) * MR * kc];
+                    half_tile(isa, kc, a, b, &mut target[panel * MR * ldc + h * HALF..], ldc, rows, kb > 0);
+                }
             }
         }
         kb += kc;
@@ -252,35 +284,58 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
     }
 }
 
-/// One `rows x NR` tile: `c[r * ldc + j] (+)= sum_p a[p * MR + r] * b[p * NR + j]`, added to
-/// what `c` holds when `accumulate`.
+/// One `rows x NR` tile: `c[r * ldc + h * 16 + j] (+)= sum_p a[p * MR + r] * b[h][p * 16 + j]`,
+/// added to what `c` holds when `accumulate`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
-    assert!(a.len() >= k * MR && b.len() >= k * NR && rows <= MR);
+fn tile(isa: Isa, k: usize, a: &[f32], b: [&[f32]; 2], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
+    assert!(a.len() >= k * MR && b[0].len() >= k * HALF && b[1].len() >= k * HALF && rows <= MR);
+    assert!(b.iter().all(|b| b.as_ptr().addr().is_multiple_of(64)), "half panels come from PackedWeight::half");
     assert!(rows == 0 || c.len() >= (rows - 1) * ldc + NR);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 was detected (see `has_avx512`); the asserts above bound every read of
-        // `a` and `b` and every write of `c` the kernel makes.
-        Isa::Avx512 => unsafe { x86::tile_avx512(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA were detected; the asserts above bound every access.
-        Isa::Avx2 => unsafe { x86::tile_avx2(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate) },
-        _ => tile_portable(k, a, b, c, ldc, rows, accumulate),
+        // `a` and `b` and every write of `c` the kernel makes, and align `b` for its loads.
+        Isa::Avx512 => unsafe {
+            x86::tile_avx512(k, a.as_ptr(), [b[0].as_ptr(), b[1].as_ptr()], c.as_mut_ptr(), ldc, rows, accumulate)
+        },
+        _ => {
+            for (h, b) in b.into_iter().enumerate() {
+                half_tile(isa, k, a, b, &mut c[h * HALF..], ldc, rows, accumulate);
+            }
+        }
     }
 }
 
-/// [`tile`] in plain Rust.
+/// One `rows x 16` tile: `c[r * ldc + j] (+)= sum_p a[p * MR + r] * b[p * 16 + j]`, added to
+/// what `c` holds when `accumulate`.
 #[inline(always)]
-fn tile_portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
-    let mut acc = [[0f32; NR]; MR];
+#[allow(clippy::too_many_arguments)]
+fn half_tile(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
+    assert!(a.len() >= k * MR && b.len() >= k * HALF && rows <= MR);
+    assert!(b.as_ptr().addr().is_multiple_of(64), "half panels come from PackedWeight::half");
+    assert!(rows == 0 || c.len() >= (rows - 1) * ldc + HALF);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected (AVX-512 CPUs have both); the asserts above bound
+        // every access and align `b` for its loads.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            x86::tile_avx2(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate)
+        },
+        _ => half_tile_portable(k, a, b, c, ldc, rows, accumulate),
+    }
+}
+
+/// [`half_tile`] in plain Rust.
+#[inline(always)]
+fn half_tile_portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
+    let mut acc = [[0f32; HALF]; MR];
     if accumulate {
         for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-            acc.copy_from_slice(&c[r * ldc..r * ldc + NR]);
+            acc.copy_from_slice(&c[r * ldc..r * ldc + HALF]);
         }
     }
-    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(k) {
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(HALF)).take(k) {
         for (acc, &av) in acc.iter_mut().zip(a) {
             for (acc, &bv) in acc.iter_mut().zip(b) {
                 *acc += av * bv;
@@ -288,7 +343,7 @@ fn tile_portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows
         }
     }
     for (r, acc) in acc.iter().enumerate().take(rows) {
-        c[r * ldc..r * ldc + NR].copy_from_slice(acc);
+        c[r * ldc..r * ldc + HALF].copy_from_slice(acc);
     }
 }
 
@@ -297,20 +352,21 @@ fn tile_portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{HALF, MR};
 
-    /// The 12x32 tile in 24 zmm accumulators: per `p`, two loads of the weight panel and 12
+    /// The 12x32 tile in 24 zmm accumulators: per `p`, a load of each half panel and 12
     /// broadcasts of the `x` panel feed 24 FMAs.
     ///
     /// # Safety
-    /// AVX-512F must be available; `a` must hold `k * MR` values, `b` `k * NR`, and `c` must be
-    /// readable and writable at `r * ldc + j` for `r < rows <= MR`, `j < NR`.
+    /// AVX-512F must be available; `a` must hold `k * MR` values, `b[0]` and `b[1]` `k * 16`
+    /// each, and `c` must be readable and writable at `r * ldc + j` for `r < rows <= MR`,
+    /// `j < NR`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_avx512(
         k: usize,
         a: *const f32,
-        b: *const f32,
+        b: [*const f32; 2],
         c: *mut f32,
         ldc: usize,
         rows: usize,
@@ -327,10 +383,10 @@ mod x86 {
             }
         }
         for p in 0..k {
-            // SAFETY (all pointer reads in this loop): p < k, so p * NR + 32 <= k * NR and
+            // SAFETY (all pointer reads in this loop): p < k, so p * 16 + 16 <= k * 16 and
             // p * MR + r < k * MR.
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let b0 = _mm512_load_ps(b[0].add(p * HALF));
+            let b1 = _mm512_load_ps(b[1].add(p * HALF));
             let a = a.add(p * MR);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r));
@@ -347,10 +403,13 @@ mod x86 {
         }
     }
 
-    /// The 12x32 tile as four 6x16 AVX2 tiles (12 ymm accumulators each).
+    /// The 12x16 tile as two 6x16 AVX2 tiles (12 ymm accumulators each): per `p`, two
+    /// aligned loads of the half panel's line and six broadcasts feed 12 FMAs.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; the bounds are those of [`tile_avx512`].
+    /// AVX2 and FMA must be available; `a` must hold `k * MR` values, `b` `k * 16` on a 32-byte
+    /// boundary, and `c` must be readable and writable at `r * ldc + j` for `r < rows <= MR`,
+    /// `j < 16`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_avx2(
@@ -367,34 +426,33 @@ mod x86 {
             if r0 >= rows {
                 break;
             }
-            for j0 in (0..NR).step_by(16) {
-                let mut acc = [[_mm256_setzero_ps(); 2]; R];
-                if accumulate {
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        if r0 + r < rows {
-                            // SAFETY: r0 + r < rows and j0 + 16 <= NR: inside the tile.
-                            acc[0] = _mm256_loadu_ps(c.add((r0 + r) * ldc + j0));
-                            acc[1] = _mm256_loadu_ps(c.add((r0 + r) * ldc + j0 + 8));
-                        }
-                    }
-                }
-                for p in 0..k {
-                    // SAFETY: p < k, r0 + r < MR and j0 + 16 <= NR keep the reads in bounds.
-                    let b0 = _mm256_loadu_ps(b.add(p * NR + j0));
-                    let b1 = _mm256_loadu_ps(b.add(p * NR + j0 + 8));
-                    let a = a.add(p * MR + r0);
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let av = _mm256_set1_ps(*a.add(r));
-                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate() {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            if accumulate {
+                for (r, acc) in acc.iter_mut().enumerate() {
                     if r0 + r < rows {
-                        // SAFETY: r0 + r < rows and j0 + 16 <= NR: inside the writable tile.
-                        _mm256_storeu_ps(c.add((r0 + r) * ldc + j0), acc[0]);
-                        _mm256_storeu_ps(c.add((r0 + r) * ldc + j0 + 8), acc[1]);
+                        // SAFETY: r0 + r < rows: inside the tile.
+                        acc[0] = _mm256_loadu_ps(c.add((r0 + r) * ldc));
+                        acc[1] = _mm256_loadu_ps(c.add((r0 + r) * ldc + 8));
                     }
+                }
+            }
+            for p in 0..k {
+                // SAFETY: p < k and r0 + r < MR keep the reads in bounds; `b` is 32-byte aligned
+                // and p * 16 floats are 64 p bytes.
+                let b0 = _mm256_load_ps(b.add(p * HALF));
+                let b1 = _mm256_load_ps(b.add(p * HALF + 8));
+                let a = a.add(p * MR + r0);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(r));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                if r0 + r < rows {
+                    // SAFETY: r0 + r < rows: inside the writable tile.
+                    _mm256_storeu_ps(c.add((r0 + r) * ldc), acc[0]);
+                    _mm256_storeu_ps(c.add((r0 + r) * ldc + 8), acc[1]);
                 }
             }
         }

@@ -28,6 +28,11 @@ pub(crate) struct Args {
     /// table's validation columns are of the first.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) validation_splits: u32,
+    /// Rank with the dual-encoder members' raw scores instead of normalising each over the
+    /// bank of training captions first (the default, chosen on the pooled validation
+    /// captions; docs/results.md). For comparing the two on validation.
+    #[arg(long)]
+    pub(crate) no_dual_bank: bool,
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -51,6 +56,7 @@ fn evaluate(args: &Args) -> Result<Metrics> {
         members: !args.no_members,
         validation_splits: args.validation_splits,
         dual_encoder_views: pipeline.embed.train_view_names(),
+        dual_bank_normalised: !args.no_dual_bank,
     };
     let heads = engine::heads(pipeline)?;
     let dir = engine::engine_dir(pipeline);

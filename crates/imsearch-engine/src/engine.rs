@@ -90,6 +90,11 @@ pub struct Recipe {
     pub class_texts: ClassTexts,
     /// The map from a pair's scores to the probability that it is a match.
     pub calibration: Calibration,
+    /// The dual-encoder members' scores normalised over the caption bank before the members
+    /// are averaged for ranking, as the neighbours and the bridge are (the match probability
+    /// keeps their raw logits). Absent in engines saved before it existed: off.
+    #[serde(default)]
+    pub dual_bank_normalised: bool,
 }
 
 /// The probability that a text matches an image, from the engine's parts' scores of the pair
@@ -172,7 +177,8 @@ impl Default for Recipe {
     /// the same four trained with the dual-encoder recipe on the eight [`DUAL_ENCODER_VIEWS`],
     /// each retrained on every training image for the epochs its split chose; 10 neighbours at
     /// temperature 1; class sentences at temperature 1; weights 1, 0.25, 0.25; the probability of
-    /// a match fitted on 32,107 validation pairs of the three splits.
+    /// a match fitted on 32,107 validation pairs of the three splits; the dual-encoder members
+    /// normalised over the caption bank for ranking.
     fn default() -> Self {
         let member = |encoders: &[&str], epochs, dual: bool| MemberRecipe {
             encoders: encoders.iter().map(|e| (*e).to_owned()).collect(),
@@ -195,6 +201,7 @@ impl Default for Recipe {
             bridge_temperature: 1.0,
             class_texts: ClassTexts::Sentences,
             calibration: Calibration { weights: [0.83129525, 0.1883483, 0.08063212], bias: -1.2924674 },
+            dual_bank_normalised: true,
         }
     }
 }
@@ -252,8 +259,10 @@ pub struct Engine {
     bridge: Bridge,
     bank: Tensor,
     scorer: Arc<dyn Scorer>,
-    /// The fusion members, each as a scorer of the whole feature row (`scorer`'s first part).
-    group: Vec<Arc<dyn Scorer>>,
+    /// The fusion members, each as a scorer of the whole feature row giving its raw
+    /// probabilities (for the match probability); `true` where `scorer`'s first part ranks with
+    /// it bank-normalised.
+    raw: Vec<(Arc<dyn Scorer>, bool)>,
     /// `scorer`'s parts: the members' ensemble, the bank-normalised neighbours and bridge.
     parts: Vec<Arc<dyn Scorer>>,
     /// sha256 of the files it was loaded from; `None` for an engine assembled in memory.
@@ -306,10 +315,23 @@ impl Engine {
         bank: Tensor,
     ) -> Result<Engine> {
         let width: usize = spec.image_layout.iter().map(|p| p.dim).sum();
-        let mut group: Vec<Arc<dyn Scorer>> = Vec::new();
-        for ((model, _), m) in members.iter().zip(&spec.members) {
+        if spec.recipe.members.len() != spec.members.len() {
+            return Err(Error::Invalid(format!(
+                "the recipe has {} members and the engine {}",
+                spec.recipe.members.len(),
+                spec.members.len()
+            )));
+        }
+        let (mut group, mut raw): (Vec<Arc<dyn Scorer>>, Vec<(Arc<dyn Scorer>, bool)>) = (Vec::new(), Vec::new());
+        for (((model, _), m), r) in members.iter().zip(&spec.members).zip(&spec.recipe.members) {
             let fusion: Arc<dyn Scorer> = Arc::new(Fusion::new(model.clone()));
-            group.push(if m.dim == width { fusion } else { Arc::new(Columns::new(fusion, m.offset, m.dim)) });
+            let member = if m.dim == width { fusion } else { Arc::new(Columns::new(fusion, m.offset, m.dim)) };
+            let banked = spec.recipe.dual_bank_normalised && r.dual_encoder.is_some();
+            group.push(match banked {
+                true => Arc::new(BankNormalised::new(member.clone(), bank.clone())),
+                false => member.clone(),
+            });
+            raw.push((member, banked));
         }
         if group.is_empty() {
             return Err(Error::Invalid("an engine needs at least one fusion member".into()));
@@ -318,12 +340,12 @@ impl Engine {
         let neighbours_scorer: Arc<dyn Scorer> = Arc::new(neighbours.clone());
         let bridge_scorer: Arc<dyn Scorer> = Arc::new(bridge.clone());
         let parts: Vec<Arc<dyn Scorer>> = vec![
-            Arc::new(Ensemble::equal(group.clone())),
+            Arc::new(Ensemble::equal(group)),
             Arc::new(BankNormalised::new(neighbours_scorer, bank.clone())),
             Arc::new(BankNormalised::new(bridge_scorer, bank.clone())),
         ];
         let scorer: Arc<dyn Scorer> = Arc::new(Ensemble::new(parts.iter().cloned().zip(w.iter().copied()).collect()));
-        Ok(Engine { spec, members, neighbours, bridge, bank, scorer, group, parts, fingerprint: None })
+        Ok(Engine { spec, members, neighbours, bridge, bank, scorer, raw, parts, fingerprint: None })
     }
 
     /// The calibrated probability ([`Calibration`]) that each text of `texts` `(q, d)` matches
@@ -350,11 +372,18 @@ impl Engine {
             }
         };
         let members = match &parts[0] {
+            // Each member's raw probabilities; a bank-normalised member's from its inner
+            // preparation.
             Some(Prepared { state: State::Parts(members), .. }) => self
-                .group
+                .raw
                 .iter()
                 .zip(members)
-                .filter_map(|(scorer, p)| p.as_ref().map(|p| scorer.matrix(p, texts)))
+                .filter_map(|((scorer, banked), p)| {
+                    p.as_ref().map(|p| match (&p.state, banked) {
+                        (State::Bank { inner, .. }, true) => scorer.matrix(inner, texts),
+                        _ => scorer.matrix(p, texts),
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
             _ => Vec::new(),
         };

@@ -648,16 +648,21 @@ impl Scorer for BankNormalised {
                 }
             }
         };
-        let scores = self.inner.matrix(inner, texts)?;
-        Ok(scores
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .map(|(c, v)| (0.5 + (v - mean[c]) * inv_std[c] / (2.0 * BANK_Z_RANGE)).clamp(0.0, 1.0))
-                    .collect()
-            })
-            .collect())
+        // In place, on threads for a long row (a search over a large collection).
+        let mut scores = self.inner.matrix(inner, texts)?;
+        for row in &mut scores {
+            let map = |(at, c): (usize, &mut [f32])| {
+                let at = at * PAR_CHUNK;
+                for ((v, m), s) in c.iter_mut().zip(&mean[at..]).zip(&inv_std[at..]) {
+                    *v = (0.5 + (*v - m) * s / (2.0 * BANK_Z_RANGE)).clamp(0.0, 1.0);
+                }
+            };
+            match row.len() > PAR_CHUNK {
+                true => row.par_chunks_mut(PAR_CHUNK).enumerate().for_each(map),
+                false => map((0, row)),
+            }
+        }
+        Ok(scores)
     }
     fn pairs(&self, images: &Tensor, texts: &Tensor) -> Result<Vec<f32>> {
         self.inner.pairs(images, texts)

@@ -41,6 +41,10 @@ pub struct EvalConfig {
     /// Single views of the training images for the members trained with the dual-encoder
     /// recipe (on every encoder and, with `members`, on each one); empty: no such members.
     pub dual_encoder_views: Vec<String>,
+    /// The dual-encoder members normalised over the caption bank before the members are
+    /// averaged for ranking (each split's training captions on validation, every training
+    /// caption in the engine): [`Recipe::dual_bank_normalised`].
+    pub dual_bank_normalised: bool,
 }
 
 /// Validation figures: agreement with the labels and retrieval among validation images.
@@ -165,14 +169,29 @@ pub fn evaluate(
         let members = fusion_members(&plans, false, on_event)?;
         split_members.push((q.clone(), members.into_iter().map(|m| m.scorer).collect()));
     }
+    // The bank of training captions the training-free scorers (and, with
+    // `dual_bank_normalised`, the dual-encoder members) are normalised over. On validation
+    // the bank is the split's training side's captions; on the test set (in the engine),
+    // every training caption.
+    let banks = split_members.iter().map(|(q, _)| caption_bank(q, &[&q.train])).collect::<Result<Vec<_>>>()?;
+    let test_bank = caption_bank(&p, &[&p.train, &p.validation])?;
+    let ranked = |m: &Member, s: &Arc<dyn Scorer>, bank: &Tensor| match m.dual_encoder.is_some()
+        && config.dual_bank_normalised
+    {
+        true => normalised(s, bank),
+        false => s.clone(),
+    };
     // The splits with the fusion members `keep` chooses (by their training recipe).
     let splits_of = |keep: &dyn Fn(&Member) -> bool| -> Vec<ValidationSplit> {
         split_members
             .iter()
-            .map(|(q, scorers)| {
-                let members: Vec<Arc<dyn Scorer>> =
-                    all_members.iter().zip(scorers).filter(|(m, _)| keep(m)).map(|(_, s)| s.clone()).collect();
-                ValidationSplit { p: q.clone(), group: Arc::new(Ensemble::equal(members.clone())), members }
+            .zip(&banks)
+            .map(|((q, scorers), bank)| {
+                let kept: Vec<(&Member, &Arc<dyn Scorer>)> =
+                    all_members.iter().zip(scorers).filter(|(m, _)| keep(m)).collect();
+                let group = kept.iter().map(|(m, s)| ranked(m, s, bank)).collect::<Vec<_>>();
+                let members = kept.into_iter().map(|(_, s)| s.clone()).collect();
+                ValidationSplit { p: q.clone(), group: Arc::new(Ensemble::equal(group)), members }
             })
             .collect()
     };
@@ -185,10 +204,7 @@ pub fn evaluate(
     let bridge: Arc<dyn Scorer> = Arc::new(bridge);
     entries.push(Entry::new("ImageNet-class bridge (training-free)", bridge.clone(), p.texts.clone()));
 
-    // The training-free scorers, normalised over a bank of training captions. On validation
-    // the bank is the training side's captions; on the test set (in the engine), every
-    // training caption.
-    let banks = splits.iter().map(|s| caption_bank(&s.p, &[&s.p.train])).collect::<Result<Vec<_>>>()?;
+    // The training-free scorers, normalised over the banks.
     let bridge_bn: Vec<Arc<dyn Scorer>> = banks.iter().map(|b| normalised(&bridge, b)).collect();
 
     // Which fusion members the ensemble averages, by training recipe, each with its best
@@ -222,7 +238,7 @@ pub fn evaluate(
     let members: Vec<&Member> = all_members.iter().filter(|m| keep(m)).collect();
     let group = splits[0].group.clone();
     if members.len() > 1 {
-        let all = members.iter().filter_map(|m| m.all.as_ref().map(|a| a.0.clone()));
+        let all = members.iter().filter_map(|m| m.all.as_ref().map(|a| ranked(m, &a.0, &test_bank)));
         entries.push(Entry {
             name: format!("fusion ensemble ({} models, equal weights)", members.len()),
             scorer: group.clone(),
@@ -274,6 +290,7 @@ pub fn evaluate(
         bridge_temperature,
         class_texts,
         calibration: calibration.calibration,
+        dual_bank_normalised: config.dual_bank_normalised,
     };
     if recipe != default_recipe(&p.image_parts, &p.view_names()) {
         on_event(Event::RecipeDiffers { recipe: &recipe });

@@ -463,7 +463,7 @@ fn calibration_pairs(
         &if weights[1] == 0.0 { neutral() } else { nb.clone() },
         &if weights[2] == 0.0 { neutral() } else { br.clone() },
     );
-    let shown = shown_scores(&[split_group_matrix(&members), nb, br], &weights);
+    let shown = shown_scores(&[matrix(split.group.as_ref())?, nb, br], &weights);
     let mut out = CalibrationPairs { features: Vec::new(), labels: Vec::new(), fusion: Vec::new(), shown: Vec::new() };
     for &(i, t, label) in &set.pairs {
         let (Some(&c), Some(&r)) = (column.get(&i), text_at.get(&t)) else {
@@ -475,12 +475,6 @@ fn calibration_pairs(
         out.shown.push(f64::from(shown[r][c]));
     }
     Ok(out)
-}
-
-/// The members' ensemble matrix as the engine's first part computes it (an equal-weight
-/// ensemble: z-scored per text, summed, squashed).
-fn split_group_matrix(members: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
-    squashed(members, &vec![1.0; members.len()])
 }
 
 /// The ensemble's 0..1 score as search showed it: the parts z-scored per text over the

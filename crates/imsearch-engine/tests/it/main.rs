@@ -62,12 +62,14 @@ fn member(dir: &Path, image_encoder: &str, image_dim: usize, text_dim: usize, se
 /// A toy engine over two encoders of 4 and 2 features, 5-d texts.
 fn toy(dir: &Path) -> (Engine, Tensor, Tensor) {
     let layout = vec![ImagePart { id: "a@center".into(), dim: 4 }, ImagePart { id: "b@center".into(), dim: 2 }];
-    toy_with(dir, layout, 5)
+    toy_with(dir, layout, 5, false)
 }
 
 /// A toy engine over `layout` and `text_dim`-d texts (a member on every encoder and, with two
-/// encoders or more, one on the last), with 4 queries and a collection of 5 images.
-fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize) -> (Engine, Tensor, Tensor) {
+/// encoders or more, one on the last), with 4 queries and a collection of 5 images. With
+/// `dual`, the member on the last encoder counts as a dual-encoder member and the recipe
+/// bank-normalises it for ranking.
+fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize, dual: bool) -> (Engine, Tensor, Tensor) {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let width: usize = layout.iter().map(|p| p.dim).sum();
     let images = random(&mut rng, (8, width));
@@ -96,7 +98,11 @@ fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize) -> (Engine, Ten
     )];
     if let (true, Some(last)) = (layout.len() > 1, layout.last()) {
         members.push((
-            MemberRecipe { encoders: vec![last.encoder().to_owned()], epochs: 2, dual_encoder: None },
+            MemberRecipe {
+                encoders: vec![last.encoder().to_owned()],
+                epochs: 2,
+                dual_encoder: dual.then(|| vec!["center".to_owned()]),
+            },
             member(&dir.join("m1"), &last.id, last.dim, text_dim, 2),
             dir.join("m1"),
         ));
@@ -108,6 +114,7 @@ fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize) -> (Engine, Ten
         bridge_temperature: 1.0,
         class_texts: ClassTexts::Sentences,
         calibration: Calibration { weights: [1.0, 0.5, 0.5], bias: -1.0 },
+        dual_bank_normalised: dual,
     };
     let engine = Engine::new(EngineData {
         image_layout: layout,
@@ -433,6 +440,44 @@ fn the_match_probability_depends_on_the_pair_alone_not_on_the_collection() {
     assert!((f[0][1][0] - (0.9f32 / 0.1).ln()).abs() < 1e-4 && (f[0][1][1] - 10.0).abs() < 1e-3, "{f:?}");
 }
 
+#[test]
+fn a_bank_normalised_dual_member_changes_the_ranking_and_keeps_the_raw_match_probability() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = || vec![ImagePart { id: "a@center".into(), dim: 4 }, ImagePart { id: "b@center".into(), dim: 2 }];
+    let (plain, queries, collection) = toy_with(&dir.path().join("plain"), layout(), 5, false);
+    let (banked, _, _) = toy_with(&dir.path().join("banked"), layout(), 5, true);
+    assert!(banked.recipe().dual_bank_normalised);
+    // The same members, the second one normalised over the bank: other ranking scores.
+    let (a, b) = (scores(&plain, &collection, &queries), scores(&banked, &collection, &queries));
+    let most = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(most > 1e-3, "{a:?} {b:?}");
+    // The match probability reads the members' raw logits: the same in both.
+    let probabilities = |e: &Engine| {
+        let prepared = e.scorer().prepare(&collection).unwrap().without_features();
+        e.match_probabilities(&prepared, &queries).unwrap()
+    };
+    let (p, q) = (probabilities(&plain), probabilities(&banked));
+    for (x, y) in p.iter().flatten().zip(q.iter().flatten()) {
+        assert!((x - y).abs() < 1e-6, "{p:?} {q:?}");
+    }
+    // Saved and read back it ranks alike; a spec written before the setting existed reads as off.
+    let saved = dir.path().join("engine");
+    banked.save(&saved).unwrap();
+    let loaded = Engine::load(&saved, "a@center+b@center", TEXT).unwrap();
+    for (x, y) in b.iter().flatten().zip(scores(&loaded, &collection, &queries).iter().flatten()) {
+        assert!((x - y).abs() < 1e-6);
+    }
+    let spec_path = saved.join("engine.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    assert!(spec["recipe"].as_object_mut().unwrap().remove("dual_bank_normalised").is_some());
+    std::fs::write(&spec_path, serde_json::to_string(&spec).unwrap()).unwrap();
+    let old = Engine::load(&saved, "a@center+b@center", TEXT).unwrap();
+    assert!(!old.recipe().dual_bank_normalised);
+    for (x, y) in a.iter().flatten().zip(scores(&old, &collection, &queries).iter().flatten()) {
+        assert!((x - y).abs() < 1e-6);
+    }
+}
+
 /// The MiniLM directory under `$IMSEARCH_MODELS`, or `None` (skip) outside CI when it is unset;
 /// in CI (`CI` set) a missing variable fails the test.
 fn minilm_dir() -> Option<std::path::PathBuf> {
@@ -476,7 +521,7 @@ fn a_searcher_scores_matches_keeps_a_threshold_and_finds_photos_alike_with_the_p
     let index = FolderIndex::open(&photos, &options, &load, &|_, _, _| {}).unwrap();
     assert_eq!(index.keys, ["blue.png", "green.png", "green2.png", "red.png"]);
     let layout = vec![ImagePart { id: "channel-means@center".into(), dim: 3 }];
-    let (engine, _, _) = toy_with(&dir.path().join("engine"), layout, 384);
+    let (engine, _, _) = toy_with(&dir.path().join("engine"), layout, 384, true);
     // The policy blocks red photos (a high red channel), nothing else.
     let policy = ImagePolicy {
         dim: 3,

@@ -28,8 +28,10 @@ pub(crate) struct EmbedOpts {
     /// Views of each image whose features are averaged (center, center-flipped, squashed,
     /// squashed-flipped, the corner crops top-left, top-right, bottom-left, bottom-right, and the
     /// 2x2 grid at double scale zoom-top-left, zoom-top-right, zoom-bottom-left, zoom-bottom-right
-    /// with zoom-center).
-    #[arg(long, value_delimiter = ',', default_value = "center,center-flipped")]
+    /// with zoom-center). The default, the centre crop and the whole image squashed to the
+    /// input size, beat the centre crop and its mirror on the pooled validation captions at the
+    /// same cost (docs/results.md).
+    #[arg(long, value_delimiter = ',', default_value = "center,squashed")]
     pub(crate) views: Vec<String>,
     /// Single views of the training images encoded one at a time (each its own cache, of the
     /// training images only), for the fusion members trained with views as augmentation (the

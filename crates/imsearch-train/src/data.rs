@@ -21,7 +21,7 @@ use crate::{Error, Result, TrainOptions};
 /// for the contrastive term as well.
 pub const CONFIRMED: f32 = 0.66;
 
-/// One image encoder's caches: its model id (`mobilenet-v2@center+center-flipped`) and the
+/// One image encoder's caches: its model id (`mobilenet-v2@center+squashed`) and the
 /// features of the train and test images, keyed by file name.
 #[derive(Clone, Copy)]
 pub struct ImageEmbeddings<'a> {

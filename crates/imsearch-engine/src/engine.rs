@@ -323,7 +323,8 @@ impl Engine {
                 spec.members.len()
             )));
         }
-        let (mut group, mut raw): (Vec<Arc<dyn Scorer>>, Vec<(Arc<dyn Scorer>, bool)>) = (Vec::new(), Vec::new());
+        let mut group: Vec<Arc<dyn Scorer>> = Vec::new();
+        let mut raw = Vec::new();
         for (((model, _), m), r) in members.iter().zip(&spec.members).zip(&spec.recipe.members) {
             let fusion: Arc<dyn Scorer> = Arc::new(Fusion::new(model.clone()));
             let member = if m.dim == width { fusion } else { Arc::new(Columns::new(fusion, m.offset, m.dim)) };

@@ -78,6 +78,15 @@ pub enum Event<'a> {
         weights: [f32; 3],
         mrr: f64,
     },
+    /// The ensemble's weights kept instead of the best ones: they weigh more of the parts and
+    /// are within one paired standard error of the best pooled validation MRR.
+    WeightsKept {
+        weights: [f32; 3],
+        mrr: f64,
+        best_weights: [f32; 3],
+        best: f64,
+        standard_error: f64,
+    },
     /// One choice of fusion members for the ensemble (by training recipe), with its best
     /// neighbourhood and weights: the pooled validation MRR.
     MembersTried {
@@ -166,6 +175,13 @@ impl fmt::Display for Event<'_> {
                 "caption neighbours: {} at temperature {}: ensemble weights {:.2} / {:.2} / {:.2}, \
                  validation MRR {mrr:.3}",
                 hood.k, hood.temperature, w[0], w[1], w[2]
+            ),
+            Event::WeightsKept { weights: w, mrr, best_weights: b, best, standard_error } => write!(
+                f,
+                "kept ensemble weights {:.2} / {:.2} / {:.2} (validation MRR {mrr:.3}) over the best, \
+                 {:.2} / {:.2} / {:.2} ({best:.3}): more parts within one paired standard error \
+                 ({standard_error:.3})",
+                w[0], w[1], w[2], b[0], b[1], b[2]
             ),
             Event::MembersTried { which, members, mrr } => {
                 write!(f, "fusion members of the {which} ({members} models): ensemble validation MRR {mrr:.3}")

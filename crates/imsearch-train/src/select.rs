@@ -333,7 +333,9 @@ pub(crate) fn choose_neighbours(
     let first = Neighbourhood { k: NEIGHBOURS_K[0], temperature: NEIGHBOURS_TEMPERATURES[0] };
     let galleries = splits.iter().map(|split| neighbours_of(&split.p, false, first)).collect::<Result<Vec<_>>>()?;
     let correct: Vec<Vec<usize>> = splits.iter().map(ValidationSplit::correct).collect();
-    let mut best: Option<(Neighbourhood, [f32; 3], f64, Vec<usize>)> = None;
+    // Every neighbourhood with every point of the weight grid, with its pooled ranks.
+    let grid = select::weight_grid(3);
+    let mut candidates: Vec<(Neighbourhood, [f32; 3], f64, Vec<usize>)> = Vec::new();
     for k in NEIGHBOURS_K {
         for temperature in NEIGHBOURS_TEMPERATURES {
             let hood = Neighbourhood { k, temperature };
@@ -342,16 +344,35 @@ pub(crate) fn choose_neighbours(
                 let neighbours: Arc<dyn Scorer> = Arc::new(gallery.with(hood));
                 mats.push(vec![group.clone(), split.matrix(normalised(&neighbours, bank).as_ref())?, bridge.clone()]);
             }
-            let (w, mrr) = select::choose_weights(&mats, &correct);
-            let weights = [w[0], w[1], w[2]];
-            on_event(Event::NeighboursTried { hood, weights, mrr });
-            if best.as_ref().is_none_or(|b| mrr > b.2) {
-                let ranks = mats.iter().zip(&correct).flat_map(|(m, c)| select::ranks(&combine(m, &w), c)).collect();
-                best = Some((hood, weights, mrr, ranks));
+            let first = candidates.len();
+            for w in &grid {
+                let ranks = select::pooled_ranks(&mats, &correct, w);
+                candidates.push((hood, [w[0], w[1], w[2]], select::mrr(&ranks), ranks));
             }
+            // The neighbourhood's best weights (the earlier grid point on ties), as reported.
+            let best =
+                (first..candidates.len()).fold(first, |b, c| if candidates[c].2 > candidates[b].2 { c } else { b });
+            on_event(Event::NeighboursTried { hood, weights: candidates[best].1, mrr: candidates[best].2 });
         }
     }
-    let (hood, weights, pooled, ranks) = best.ok_or(Error::Empty("no neighbours setting"))?;
+    // The best pooled MRR, unless a choice that keeps more of the three parts (a weight above
+    // 0) is within one paired standard error of it: the validation galleries hold the split's
+    // training side only (700 images against the engine's 1,000), so validation undervalues
+    // the training-free parts, and a weight of 0 drops one on the strength of noise.
+    let parts: Vec<(usize, &[usize])> =
+        candidates.iter().map(|c| (c.1.iter().filter(|&&w| w > 0.0).count(), c.3.as_slice())).collect();
+    let top = (0..candidates.len()).fold(0, |b, c| if candidates[c].2 > candidates[b].2 { c } else { b });
+    let kept = choose_members(&parts).ok_or(Error::Empty("no neighbours setting"))?;
+    if kept != top {
+        on_event(Event::WeightsKept {
+            weights: candidates[kept].1,
+            mrr: candidates[kept].2,
+            best_weights: candidates[top].1,
+            best: candidates[top].2,
+            standard_error: paired_standard_error(&candidates[top].3, &candidates[kept].3),
+        });
+    }
+    let (hood, weights, pooled, ranks) = candidates.swap_remove(kept);
     let gallery = galleries.into_iter().next().ok_or(Error::Empty("no validation split"))?.with(hood);
     Ok(NeighbourChoice { hood, weights, pooled, ranks, gallery })
 }

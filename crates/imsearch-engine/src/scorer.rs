@@ -582,13 +582,7 @@ impl Scorer for Ensemble {
         // z-scores rounds to 1.0 for the best images and turns them into ties).
         let mut out = combine(&mats, &weights);
         for row in &mut out {
-            let squash =
-                |c: &mut [f32]| c.iter_mut().for_each(|z| *z = 0.5 + (*z / total).atan() / std::f32::consts::PI);
-            // Threads only for a long row (a search over a large collection).
-            match row.len() > PAR_CHUNK {
-                true => row.par_chunks_mut(PAR_CHUNK).for_each(squash),
-                false => squash(row),
-            }
+            in_chunks(row, |_, c| c.iter_mut().for_each(|z| *z = 0.5 + (*z / total).atan() / std::f32::consts::PI));
         }
         Ok(out)
     }
@@ -648,19 +642,14 @@ impl Scorer for BankNormalised {
                 }
             }
         };
-        // In place, on threads for a long row (a search over a large collection).
+        // In place.
         let mut scores = self.inner.matrix(inner, texts)?;
         for row in &mut scores {
-            let map = |(at, c): (usize, &mut [f32])| {
-                let at = at * PAR_CHUNK;
+            in_chunks(row, |at, c| {
                 for ((v, m), s) in c.iter_mut().zip(&mean[at..]).zip(&inv_std[at..]) {
                     *v = (0.5 + (*v - m) * s / (2.0 * BANK_Z_RANGE)).clamp(0.0, 1.0);
                 }
-            };
-            match row.len() > PAR_CHUNK {
-                true => row.par_chunks_mut(PAR_CHUNK).enumerate().for_each(map),
-                false => map((0, row)),
-            }
+            });
         }
         Ok(scores)
     }
@@ -686,19 +675,13 @@ pub fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
                 })
                 .collect();
             let mut out = vec![0.0; first[q].len()];
-            let add = |(c, out): (usize, &mut [f32])| {
-                let at = c * PAR_CHUNK;
+            in_chunks(&mut out, |at, out| {
                 for ((m, &w), &(mean, std)) in mats.iter().zip(weights).zip(&stats) {
                     for (o, v) in out.iter_mut().zip(&m[q][at..]) {
                         *o += w * ((v - mean) / std);
                     }
                 }
-            };
-            // Threads only for a long row (a search over a large collection).
-            match out.len() > PAR_CHUNK {
-                true => out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(add),
-                false => add((0, &mut out)),
-            }
+            });
             out
         })
         .collect()
@@ -706,6 +689,15 @@ pub fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
 
 /// Images per parallel task when a search's scores are combined (16,384 scores: 64 KiB).
 pub(crate) const PAR_CHUNK: usize = 16_384;
+
+/// `f(offset, chunk)` over `row` in chunks of [`PAR_CHUNK`] scores, on threads only for a long
+/// row (a search over a large collection); the same arithmetic either way.
+fn in_chunks(row: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    match row.len() > PAR_CHUNK {
+        true => row.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(c, chunk)| f(c * PAR_CHUNK, chunk)),
+        false => f(0, row),
+    }
+}
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -395,6 +395,8 @@ pub(crate) fn paired_standard_error(a: &[usize], b: &[usize]) -> f64 {
 /// one with the most members among those whose MRR is within one paired standard error of
 /// the best (equal weights add no fitted parameter, and averaging more models lowers the
 /// variance a single split's choice leaves), the higher MRR among equals. `None` when empty.
+/// [`choose_neighbours`] applies the same rule to the ensemble's weights, counting the parts
+/// weighed above 0.
 pub(crate) fn choose_members(candidates: &[(usize, &[usize])]) -> Option<usize> {
     let mrrs: Vec<f64> = candidates.iter().map(|(_, r)| select::mrr(r)).collect();
     let best = (0..candidates.len()).max_by(|&a, &b| mrrs[a].total_cmp(&mrrs[b]).then(b.cmp(&a)))?;

@@ -122,7 +122,7 @@ impl Scorer for Bridge {
     }
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let v = match &images.state {
-            State::Projected(v) => v.clone(),
+            State::Projected(v) => std::sync::Arc::clone(v),
             _ => crate::scorer::stored(&self.text_space(images.images()?)?)?,
         };
         crate::scorer::dots(texts, &v, |cos| (cos + 1.0) / 2.0, |cos| (cos + 1.0)? / 2.0)

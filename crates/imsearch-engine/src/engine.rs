@@ -201,7 +201,7 @@ impl Default for Recipe {
             neighbours: Neighbourhood { k: 20, temperature: 0.1 },
             bridge_temperature: 1.0,
             class_texts: ClassTexts::Sentences,
-            calibration: Calibration { weights: [0.8168622, 0.20362064, 0.07549582], bias: -1.3862164 },
+            calibration: Calibration { weights: [0.81683224, 0.20365882, 0.07551251], bias: -1.3863788 },
             dual_bank_normalised: true,
         }
     }

@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use candle::Tensor;
 use imsearch_fusion::FusionModel;
+use imsearch_index::I8Rows;
 use rayon::prelude::*;
 
 use crate::{neighbours::Votes, Result};
@@ -37,8 +38,8 @@ pub(crate) enum State {
     /// Nothing beyond the features.
     Plain,
     /// The images in the scorer's own space (a fusion model's projections, the bridge's text
-    /// space), stored as f16 ([`stored`]).
-    Projected(Tensor),
+    /// space), stored as 8-bit codes ([`stored`]).
+    Projected(Arc<I8Rows>),
     /// Each image's neighbours and their weights.
     Votes(Arc<Votes>),
     /// The inner scorer's preparation and each image's statistics over the bank.
@@ -66,10 +67,10 @@ impl Prepared {
     }
 
     /// The same preparation without the features it was made from, where its scorer's state
-    /// is all that scoring reads. For the default engine a search then keeps about 3 KB per
-    /// image (1,408 f16 values of the fusion members' and the bridge's spaces, 20 neighbours
-    /// and their weights, two bank statistics per bank-normalised scorer) instead of 18 KB with
-    /// the 3,840 f32 features. Features that are the state itself ([`Prepared::plain`]) are
+    /// is all that scoring reads. For the default engine a search then keeps about 2.7 KB per
+    /// image (2,432 8-bit codes and 9 scales of the eight members' and the bridge's spaces, 20
+    /// neighbours and their weights, two bank statistics per bank-normalised scorer) instead of
+    /// 15 KB with the 3,840 f32 features. Features that are the state itself ([`Prepared::plain`]) are
     /// kept.
     pub fn without_features(self) -> Prepared {
         let state = match self.state {
@@ -84,11 +85,11 @@ impl Prepared {
     }
 
     /// The images in each of the scorers' own spaces, in a fixed order: the fusion members'
-    /// projections and the bridge's text space (`(n, d)` f16 each). What "more like this"
-    /// compares: two photos alike in these spaces match the same captions.
-    pub fn spaces(&self) -> Vec<&Tensor> {
+    /// projections and the bridge's text space (`n` rows of 8-bit codes each). What "more like
+    /// this" compares: two photos alike in these spaces match the same captions.
+    pub fn spaces(&self) -> Vec<&I8Rows> {
         match &self.state {
-            State::Projected(t) => vec![t],
+            State::Projected(t) => vec![t.as_ref()],
             State::Bank { inner, .. } => inner.spaces(),
             State::Parts(parts) => parts.iter().flatten().flat_map(Prepared::spaces).collect(),
             State::Plain | State::Votes(_) => Vec::new(),
@@ -112,11 +113,11 @@ impl Prepared {
                 let rows = blocks
                     .iter()
                     .map(|b| match &b.state {
-                        State::Projected(t) => Ok(t),
+                        State::Projected(t) => Ok(t.as_ref()),
                         _ => Err(invalid("projected rows")),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                State::Projected(Tensor::cat(&rows, 0)?)
+                State::Projected(Arc::new(I8Rows::concat(&rows).ok_or_else(|| invalid("projected rows' widths"))?))
             }
             State::Votes(_) => {
                 let votes = blocks
@@ -169,7 +170,7 @@ impl Prepared {
         let index = crate::neighbours::index(rows)?;
         let state = match &self.state {
             State::Plain => State::Plain,
-            State::Projected(t) => State::Projected(t.index_select(&index, 0)?),
+            State::Projected(t) => State::Projected(Arc::new(t.select(rows))),
             State::Votes(v) => State::Votes(Arc::new(v.select(rows))),
             State::Bank { inner, mean, inv_std } => State::Bank {
                 inner: Box::new(inner.select(rows)?),
@@ -199,7 +200,10 @@ impl Prepared {
             }
             State::Projected(t) => {
                 out.insert(format!("{prefix}.kind"), kind(1)?);
-                out.insert(format!("{prefix}.rows"), t.clone());
+                // The codes' bits as bytes (candle has no 8-bit signed type).
+                let bytes: Vec<u8> = t.codes().iter().map(|&c| c as u8).collect();
+                out.insert(format!("{prefix}.codes"), Tensor::from_vec(bytes, (t.len(), t.dim()), cpu)?);
+                out.insert(format!("{prefix}.scales"), Tensor::from_slice(t.scales(), t.len(), cpu)?);
             }
             State::Votes(v) => {
                 out.insert(format!("{prefix}.kind"), kind(2)?);
@@ -237,9 +241,12 @@ impl Prepared {
         let (images, state) = match kind.as_slice() {
             [0] => (Some(get("features")?.clone()), State::Plain),
             [1] => {
-                let rows = get("rows")?;
-                (rows.dims2().ok()?.0 == len && rows.dtype() == candle::DType::F16)
-                    .then_some((None, State::Projected(rows.clone())))?
+                let codes = get("codes")?;
+                let (n, dim) = codes.dims2().ok()?;
+                let bytes: Vec<u8> = codes.flatten_all().ok()?.to_vec1().ok()?;
+                let scales = floats("scales")?;
+                let rows = I8Rows::from_parts(dim, bytes.into_iter().map(|b| b as i8).collect(), scales)?;
+                (n == len).then_some((None, State::Projected(Arc::new(rows))))?
             }
             [2] => (None, State::Votes(Arc::new(Votes::from_tensors(t, prefix, len)?))),
             [3] => {
@@ -313,7 +320,10 @@ impl Prepared {
         let scale = 1.0 / (spaces.len() as f32).sqrt();
         let mut out = Vec::new();
         for space in spaces {
-            let v: Vec<f32> = space.get(row)?.to_dtype(candle::DType::F32)?.to_vec1()?;
+            if row >= space.len() {
+                return Err(crate::Error::Invalid(format!("row {row} of {} prepared rows", space.len())));
+            }
+            let v = space.row(row);
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             let k = if norm > 0.0 { scale / norm } else { 0.0 };
             out.extend(v.iter().map(|x| x * k));
@@ -358,74 +368,53 @@ pub fn prepare_for_search(scorer: &dyn Scorer, images: &Tensor) -> Result<Prepar
 /// matrix product.
 pub(crate) const FEW_TEXTS: usize = 8;
 
-/// Image rows in a scorer's own space as they are kept: f16. A search reads every prepared
-/// image row for each query, so its time is the rows' memory traffic, and f16 halves it (and
-/// the memory a collection holds). The scorers read the same f16 values in an evaluation
-/// ([`Scorer::matrix`] with many texts, [`Scorer::pairs`]), so a search ranks exactly as the
-/// evaluation measured.
-pub(crate) fn stored(rows: &Tensor) -> Result<Tensor> {
-    Ok(rows.to_dtype(candle::DType::F16)?)
+/// Image rows in a scorer's own space as they are kept: 8-bit codes with a scale per row
+/// ([`I8Rows`]). A search reads every prepared image row for each query, so its time is the
+/// rows' memory traffic, and 8-bit codes halve f16's (and the memory a collection holds). The
+/// scorers read the same values in an evaluation ([`Scorer::matrix`] with many texts,
+/// [`Scorer::pairs`]), so a search ranks as the evaluation measured.
+pub(crate) fn stored(rows: &Tensor) -> Result<Arc<I8Rows>> {
+    let (_, d) = rows.dims2()?;
+    let values: Vec<f32> = rows.to_dtype(candle::DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(Arc::new(I8Rows::quantise(&values, d.max(1))))
 }
 
-/// [`stored`] rows read back as f32 (exact).
+/// [`stored`] rows' values, `(n, d)` f32.
 pub(crate) fn as_stored(rows: &Tensor) -> Result<Tensor> {
-    Ok(stored(rows)?.to_dtype(candle::DType::F32)?)
+    values(stored(rows)?.as_ref())
 }
 
-/// Every row of `texts` `(q, d)` dotted with every row of `images` `(m, d)` (f32 or f16), then
-/// `map`ped: `q` rows of `m`. `map` must be what `tensor_map` does to candle's product.
+/// `rows`' values as an `(n, d)` f32 tensor.
+fn values(rows: &I8Rows) -> Result<Tensor> {
+    Ok(Tensor::from_vec(rows.values(), (rows.len(), rows.dim()), &candle::Device::Cpu)?)
+}
+
+/// Every row of `texts` `(q, d)` dotted with every row of `images`, then `map`ped: `q` rows of
+/// `images.len()`. `map` must be what `tensor_map` does to candle's product.
 pub(crate) fn dots(
     texts: &Tensor,
-    images: &Tensor,
+    images: &I8Rows,
     map: impl Fn(f32) -> f32 + Sync,
     tensor_map: impl Fn(Tensor) -> candle::Result<Tensor>,
 ) -> Result<Vec<Vec<f32>>> {
     let (q, d) = texts.dims2()?;
-    let product = || -> Result<Vec<Vec<f32>>> {
-        Ok(tensor_map(texts.matmul(&images.to_dtype(candle::DType::F32)?.t()?)?)?.to_vec2()?)
-    };
+    if images.dim() != d {
+        return Err(crate::Error::Invalid(format!(
+            "texts of dimension {d} against images of dimension {}",
+            images.dim()
+        )));
+    }
     if q > FEW_TEXTS {
-        return product();
+        return Ok(tensor_map(texts.matmul(&values(images)?.t()?)?)?.to_vec2()?);
     }
-    let (_, image_d) = images.dims2()?;
-    if image_d != d {
-        return Err(crate::Error::Invalid(format!("texts of dimension {d} against images of dimension {image_d}")));
-    }
-    let queries: Vec<f32> = texts.flatten_all()?.to_vec1()?;
-    let images = images.contiguous()?;
-    let (storage, layout) = images.storage_and_layout();
-    let rows = match (&*storage, layout.contiguous_offsets()) {
-        (candle::Storage::Cpu(candle::CpuStorage::F32(rows)), Some((start, end))) => {
-            imsearch_index::dot_matrix_map(&rows[start..end], d, &queries, map)
-        }
-        (candle::Storage::Cpu(candle::CpuStorage::F16(rows)), Some((start, end))) => {
-            imsearch_index::dot_matrix_f16_map(&rows[start..end], d, &queries, map)
-        }
-        _ => return product(),
-    };
-    Ok(rows)
+    let queries: Vec<f32> = texts.to_dtype(candle::DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(images.dots_map(&queries, map))
 }
-
-/// Rows of the collection's spaces ([`Prepared::spaces`]) read in blocks of this many, so the
-/// f32 copy a norm needs stays small whatever the collection's size.
-const NORM_BLOCK: usize = 16_384;
 
 /// The Euclidean length of every row of each of `prepared`'s spaces: what [`likeness`] divides
 /// by (computed once per collection).
 pub fn space_norms(prepared: &Prepared) -> Result<Vec<Vec<f32>>> {
-    prepared
-        .spaces()
-        .into_iter()
-        .map(|t| {
-            let n = t.dim(0)?;
-            let mut norms = Vec::with_capacity(n);
-            for start in (0..n).step_by(NORM_BLOCK) {
-                let block = t.narrow(0, start, NORM_BLOCK.min(n - start))?.to_dtype(candle::DType::F32)?;
-                norms.extend(block.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?);
-            }
-            Ok(norms)
-        })
-        .collect()
+    Ok(prepared.spaces().into_iter().map(I8Rows::norms).collect())
 }
 
 /// How alike every image of `collection` is to image `row` of `example` (a preparation by the
@@ -445,9 +434,13 @@ pub fn likeness(collection: &Prepared, norms: &[Vec<f32>], example: &Prepared, r
     }
     let mut total = vec![0f32; collection.len()];
     for ((space, norms), example) in spaces.iter().zip(norms).zip(&examples) {
-        let e = example.get(row)?.to_dtype(candle::DType::F32)?;
-        let e_norm = e.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-        let dots = dots(&e.unsqueeze(0)?, space, |x| x, Ok)?.remove(0);
+        if row >= example.len() {
+            return Err(crate::Error::Invalid(format!("row {row} of {} prepared rows", example.len())));
+        }
+        let e = example.row(row);
+        let e_norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let e = Tensor::from_vec(e, (1, example.dim()), &candle::Device::Cpu)?;
+        let dots = dots(&e, space, |x| x, Ok)?.remove(0);
         for ((t, d), n) in total.iter_mut().zip(dots).zip(norms) {
             let denominator = e_norm * n;
             if denominator > 0.0 {
@@ -478,7 +471,7 @@ impl Scorer for Fusion {
     }
     fn matrix(&self, images: &Prepared, texts: &Tensor) -> Result<Vec<Vec<f32>>> {
         let projected = match &images.state {
-            State::Projected(p) => p.clone(),
+            State::Projected(p) => Arc::clone(p),
             _ => stored(&self.model.embed_images(images.images()?)?)?,
         };
         let texts = self.model.embed_texts(texts)?;
@@ -824,7 +817,7 @@ pub(crate) mod tests {
         let images = random(3000, 24, 1);
         let texts = random(FEW_TEXTS + 3, 12, 2);
         let prepared = f.prepare(&images).unwrap();
-        // Many texts: candle's product; one text: the one-pass f16 search path.
+        // Many texts: candle's product; one text: the one-pass search over the 8-bit rows.
         let all = f.matrix(&prepared, &texts).unwrap();
         let spread = all[0].iter().fold(f32::MIN, |a, &b| a.max(b)) - all[0].iter().fold(f32::MAX, |a, &b| a.min(b));
         assert!(spread > 1e-3, "the scores vary: {spread}");
@@ -836,8 +829,8 @@ pub(crate) mod tests {
             let worst = one.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "text {t}: a score differs by {worst}");
         }
-        // Pairs read f16 rows too: the diagonal of the matrix, up to one f16 step of a
-        // projection (a 4-row product may round a value to the neighbouring f16).
+        // Pairs read the stored values too: the diagonal of the matrix, up to one 8-bit step of
+        // a projection (a 4-row product may round a value to the neighbouring code).
         let pairs = f.pairs(&images.narrow(0, 0, 4).unwrap(), &texts.narrow(0, 0, 4).unwrap()).unwrap();
         for (i, p) in pairs.iter().enumerate() {
             assert!((p - all[i][i]).abs() < 1e-3, "pair {i}: {p} against {}", all[i][i]);
@@ -876,8 +869,8 @@ pub(crate) mod tests {
         ])
         .unwrap();
         assert_eq!(blocks.len(), 300);
-        // Up to one f16 step of a projection: products of another row count may round a value
-        // to the neighbouring f16.
+        // Up to one 8-bit step of a projection: products of another row count may round a value
+        // to the neighbouring code.
         assert!(close(&e.matrix(&blocks, &texts).unwrap(), &want) < 1e-3);
 
         let mut tensors = HashMap::new();

@@ -316,7 +316,8 @@ fn no_policy() -> BlockReason {
 
 /// The saved preparation's format: its tensors (`prepared.*`, see `Prepared::to_tensors`),
 /// `ids` (per row the sha256, in hex, of the image's key and content hash) and `format`.
-const PREPARED_FORMAT: u32 = 1;
+/// Format 1 kept f16 rows; 2 keeps 8-bit codes (a format 1 file is reported and rebuilt).
+const PREPARED_FORMAT: u32 = 2;
 
 /// The engine's preparation of the index's images for search, with each prepared row's index
 /// row and how many rows came from the folder's saved preparation. The preparation is saved
@@ -518,14 +519,23 @@ mod tests {
         assert_eq!(*third.1.last().unwrap(), 7);
         let fresh = prepare_folder(&scorer, None, &index(dir.path(), &new_features, changed)).unwrap();
         let (got, want) = (scores_by_row(&third), scores_by_row(&fresh));
-        // Image 7 was prepared alone: up to one f16 step of a projection from the full product.
+        // Image 7 was prepared alone: up to one 8-bit step of a projection from the full product.
         assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-3), "{got:?} against {want:?}");
 
         // A corrupt saved preparation is rebuilt, not an error.
         let saved = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
         std::fs::write(&saved, b"not a preparation").unwrap();
-        let rebuilt = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &features, hashes)).unwrap();
+        let rebuilt = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &features, hashes.clone())).unwrap();
         assert_eq!(rebuilt.2, 0);
         assert_eq!(scores_by_row(&rebuilt), scores_by_row(&plain));
+
+        // So is one of an older format (format 1 kept f16 rows): its rows are not read.
+        let mut tensors = candle::safetensors::load(&saved, &Device::Cpu).unwrap();
+        tensors.insert("format".into(), Tensor::new(&[1u32], &Device::Cpu).unwrap());
+        candle::safetensors::save(&tensors, &saved).unwrap();
+        assert!(load_prepared(&saved).is_err());
+        let again = prepare_folder(&scorer, Some(&fp), &index(dir.path(), &features, hashes)).unwrap();
+        assert_eq!(again.2, 0);
+        assert_eq!(scores_by_row(&again), scores_by_row(&plain));
     }
 }

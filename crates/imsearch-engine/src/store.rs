@@ -47,7 +47,8 @@ pub fn collection_spec(engine: &Engine, policy: Option<&ImagePolicySource>) -> R
     let like_dim = engine.scorer().prepare(&zero)?.like_vector(0)?.len();
     Ok(CollectionSpec {
         like_dim,
-        made_by: format!("engine {} over {}, {policy}", &fingerprint[..16], engine.layout()),
+        // The rows' format too: rows of another format (f16 before 8-bit codes) do not read.
+        made_by: format!("engine {} over {} (8-bit rows), {policy}", &fingerprint[..16], engine.layout()),
     })
 }
 

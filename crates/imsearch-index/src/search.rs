@@ -16,12 +16,12 @@ pub fn dot_scores(matrix: &[f32], dim: usize, query: &[f32], out: &mut Vec<f32>)
 
 /// Partial sums of [`dot`]: enough independent additions to keep a core's vector units busy
 /// (four AVX2 registers), so a row is summed about as fast as memory delivers it.
-const LANES: usize = 32;
+pub(crate) const LANES: usize = 32;
 
 /// [`LANES`] partial sums let the compiler vectorise without reassociating, so every
 /// instruction set gives the same sums. Rows of f16 are widened to f32 (exactly) first.
 #[inline(always)]
-fn dot<T: Copy + Into<f32>>(row: &[T], query: &[f32]) -> f32 {
+pub(crate) fn dot<T: Copy + Into<f32>>(row: &[T], query: &[f32]) -> f32 {
     let dim = row.len();
     let mut acc = [0.0f32; LANES];
     let (rows, rest) = row.split_at(dim - dim % LANES);
@@ -46,7 +46,7 @@ fn reduce(acc: &[f32; LANES]) -> f32 {
 }
 
 /// Rows per parallel task of [`dot_matrix`]: 2,048 rows of 256 floats are 2 MiB.
-const ROWS_PER_TASK: usize = 2048;
+pub(crate) const ROWS_PER_TASK: usize = 2048;
 
 /// Dot products of each of the `q` queries (`queries`: `q` rows of `dim`, row-major) with
 /// every `dim`-wide row of `matrix`: `q` rows of `matrix.len() / dim` scores, exactly
@@ -61,7 +61,7 @@ pub fn dot_matrix(matrix: &[f32], dim: usize, queries: &[f32]) -> Vec<Vec<f32>> 
 /// [`dot_matrix`] with `map` applied to every product on the same threads (a calibration, a
 /// sigmoid), while the block is still in cache.
 pub fn dot_matrix_map(matrix: &[f32], dim: usize, queries: &[f32], map: impl Fn(f32) -> f32 + Sync) -> Vec<Vec<f32>> {
-    dot_rows(matrix, dim, queries, map, dot_block)
+    dot_rows(matrix, dim, queries, map, |_, block, dim, queries, out| dot_block(block, dim, queries, out))
 }
 
 /// [`dot_matrix_map`] over rows stored as f16 (half the memory traffic): the same sums as
@@ -75,7 +75,7 @@ pub fn dot_matrix_f16_map(
 ) -> Vec<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     let fast = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c");
-    dot_rows(matrix, dim, queries, map, |block: &[half::f16], dim, queries, out: &mut [f32]| {
+    dot_rows(matrix, dim, queries, map, |_, block: &[half::f16], dim, queries, out: &mut [f32]| {
         let q = queries.len() / dim;
         for (row, out) in block.chunks_exact(dim).zip(out.chunks_exact_mut(q)) {
             for (o, query) in out.iter_mut().zip(queries.chunks_exact(dim)) {
@@ -91,14 +91,15 @@ pub fn dot_matrix_f16_map(
     })
 }
 
-/// The rows of `matrix` split across threads, `block` scoring each share against every query
-/// into its rows of `out` (image-major), then `map`ped and turned query-major.
-fn dot_rows<T: Sync>(
+/// The rows of `matrix` split across threads, `block` scoring each share (its first row's
+/// number, its rows) against every query into its rows of `out` (image-major), then `map`ped
+/// and turned query-major.
+pub(crate) fn dot_rows<T: Sync>(
     matrix: &[T],
     dim: usize,
     queries: &[f32],
     map: impl Fn(f32) -> f32 + Sync,
-    block: impl Fn(&[T], usize, &[f32], &mut [f32]) + Sync,
+    block: impl Fn(usize, &[T], usize, &[f32], &mut [f32]) + Sync,
 ) -> Vec<Vec<f32>> {
     use rayon::prelude::*;
     assert!(dim > 0 && queries.len().is_multiple_of(dim), "query dimension");
@@ -109,10 +110,12 @@ fn dot_rows<T: Sync>(
     }
     // Image-major (`rows x q`), so each task writes one contiguous block.
     let mut out = vec![0.0f32; rows * q];
-    out.par_chunks_mut(ROWS_PER_TASK * q).zip(matrix.par_chunks(ROWS_PER_TASK * dim)).for_each(|(out, rows)| {
-        block(rows, dim, queries, out);
-        out.iter_mut().for_each(|v| *v = map(*v));
-    });
+    out.par_chunks_mut(ROWS_PER_TASK * q).zip(matrix.par_chunks(ROWS_PER_TASK * dim)).enumerate().for_each(
+        |(task, (out, rows))| {
+            block(task * ROWS_PER_TASK, rows, dim, queries, out);
+            out.iter_mut().for_each(|v| *v = map(*v));
+        },
+    );
     if q == 1 {
         return vec![out];
     }
@@ -139,12 +142,19 @@ unsafe fn dot_f16_avx2(row: &[half::f16], query: &[f32]) -> f32 {
         }
         at += LANES;
     }
-    // [`reduce`]'s tree in registers.
+    reduce_avx2(&acc) + row[whole..].iter().zip(&query[whole..]).map(|(a, b)| a.to_f32() * b).sum::<f32>()
+}
+
+/// [`reduce`]'s tree over the four AVX2 registers of [`LANES`] partial sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn reduce_avx2(acc: &[std::arch::x86_64::__m256; LANES / 8]) -> f32 {
+    use std::arch::x86_64::*;
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    let sum = _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
-    sum + row[whole..].iter().zip(&query[whole..]).map(|(a, b)| a.to_f32() * b).sum::<f32>()
+    _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)))
 }
 
 fn dot_block(block: &[f32], dim: usize, queries: &[f32], out: &mut [f32]) {

@@ -662,8 +662,8 @@ pub fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
                 .map(|m| {
                     let row = &m[q];
                     let n = row.len() as f32;
-                    let mean = row.iter().sum::<f32>() / n;
-                    let std = (row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-9);
+                    let mean = sum8(row, |v| v) / n;
+                    let std = (sum8(row, |v| (v - mean) * (v - mean)) / n).sqrt().max(1e-9);
                     (mean, std)
                 })
                 .collect();
@@ -678,6 +678,24 @@ pub fn combine(mats: &[Vec<Vec<f32>>], weights: &[f32]) -> Vec<Vec<f32>> {
             out
         })
         .collect()
+}
+
+/// The sum of `f` over `values` in eight interleaved partial sums, added pairwise at the end: a
+/// fixed order (the same sum on every machine) that the compiler turns into one vector addition
+/// per eight values. A single running sum waits on each addition in turn: over a search's
+/// 100,000 scores, sixteen such passes (the mean and spread of eight members) took about 2 ms.
+#[inline(always)]
+fn sum8(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += f(c[i]);
+        }
+    }
+    let pairs: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[4 + i]);
+    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + rest.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// Images per parallel task when a search's scores are combined (16,384 scores: 64 KiB).

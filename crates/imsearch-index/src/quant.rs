@@ -152,6 +152,13 @@ impl I8Rows {
 /// at a time, the same products and additions in the same order (a multiply then an add, not
 /// fused), so the same sums. (Integer products, 16 codes per `vpmaddwd` against a query in
 /// 16-bit codes, measured the same: the rows' memory traffic is the cost, not the arithmetic.)
+/// Bytes ahead of the codes being read that [`dot_i8_avx2`] asks the cache for (past the row's
+/// end too: the rows are contiguous). Without it the kernel read 23 GB/s where f16 rows read
+/// 28-30; with it, one query against 100,000 rows of 2,432 codes took 8.8-9.4 ms instead of
+/// 10.4-11.0 (512 bytes: 11.3 ms, 2,048: 9.6, 4,096: 9.8).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 1024;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_i8_avx2(row: &[i8], query: &[f32]) -> f32 {
@@ -162,6 +169,7 @@ unsafe fn dot_i8_avx2(row: &[i8], query: &[f32]) -> f32 {
     let (r, q) = (row.as_ptr(), query.as_ptr());
     let mut at = 0;
     while at < whole {
+        _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(at + PREFETCH).cast());
         for (k, a) in acc.iter_mut().enumerate() {
             let i = at + 8 * k;
             // SAFETY: i + 8 <= whole <= dim = row.len() = query.len().

@@ -70,8 +70,8 @@ impl Prepared {
     /// is all that scoring reads. For the default engine a search then keeps about 2.7 KB per
     /// image (2,432 8-bit codes and 9 scales of the eight members' and the bridge's spaces, 20
     /// neighbours and their weights, two bank statistics per bank-normalised scorer) instead of
-    /// 15 KB with the 3,840 f32 features. Features that are the state itself ([`Prepared::plain`]) are
-    /// kept.
+    /// 15 KB with the 3,840 f32 features. Features that are the state itself
+    /// ([`Prepared::plain`]) are kept.
     pub fn without_features(self) -> Prepared {
         let state = match self.state {
             State::Plain => return self,

@@ -126,7 +126,8 @@ impl I8Rows {
     /// then `map`ped: `q` rows of [`I8Rows::len`] scores. As [`crate::dot_matrix_map`]: each
     /// row read once for all queries, the rows split across threads, AVX2 where the processor
     /// has it. A row's product is its scale times the sum of `code * query` in the lanes and
-    /// order of [`crate::dot_scores`], so every instruction set gives the same sums.
+    /// order of [`crate::dot_scores`], so every instruction set gives the same sums. Panics if
+    /// `queries` are not rows of [`I8Rows::dim`].
     pub fn dots_map(&self, queries: &[f32], map: impl Fn(f32) -> f32 + Sync) -> Vec<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         let fast = std::arch::is_x86_feature_detected!("avx2");

@@ -149,10 +149,6 @@ impl I8Rows {
     }
 }
 
-/// [`dot`] of 8-bit codes with the lanes in four AVX2 registers: eight codes widened to f32
-/// at a time, the same products and additions in the same order (a multiply then an add, not
-/// fused), so the same sums. (Integer products, 16 codes per `vpmaddwd` against a query in
-/// 16-bit codes, measured the same: the rows' memory traffic is the cost, not the arithmetic.)
 /// Bytes ahead of the codes being read that [`dot_i8_avx2`] asks the cache for (past the row's
 /// end too: the rows are contiguous). Without it the kernel read 23 GB/s where f16 rows read
 /// 28-30; with it, one query against 100,000 rows of 2,432 codes took 8.8-9.4 ms instead of
@@ -160,6 +156,10 @@ impl I8Rows {
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
 
+/// [`dot`] of 8-bit codes with the lanes in four AVX2 registers: eight codes widened to f32
+/// at a time, the same products and additions in the same order (a multiply then an add, not
+/// fused), so the same sums. (Integer products, 16 codes per `vpmaddwd` against a query in
+/// 16-bit codes, measured the same: the rows' memory traffic is the cost, not the arithmetic.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_i8_avx2(row: &[i8], query: &[f32]) -> f32 {

@@ -350,8 +350,7 @@ pub(crate) fn choose_neighbours(
                 candidates.push((hood, [w[0], w[1], w[2]], select::mrr(&ranks), ranks));
             }
             // The neighbourhood's best weights (the earlier grid point on ties), as reported.
-            let best =
-                (first..candidates.len()).fold(first, |b, c| if candidates[c].2 > candidates[b].2 { c } else { b });
+            let best = first + highest(candidates[first..].iter().map(|c| c.2));
             on_event(Event::NeighboursTried { hood, weights: candidates[best].1, mrr: candidates[best].2 });
         }
     }
@@ -361,7 +360,7 @@ pub(crate) fn choose_neighbours(
     // the training-free parts, and a weight of 0 drops one on the strength of noise.
     let parts: Vec<(usize, &[usize])> =
         candidates.iter().map(|c| (c.1.iter().filter(|&&w| w > 0.0).count(), c.3.as_slice())).collect();
-    let top = (0..candidates.len()).fold(0, |b, c| if candidates[c].2 > candidates[b].2 { c } else { b });
+    let top = highest(candidates.iter().map(|c| c.2));
     let kept = choose_members(&parts).ok_or(Error::Empty("no neighbours setting"))?;
     if kept != top {
         on_event(Event::WeightsKept {
@@ -388,6 +387,11 @@ pub(crate) fn paired_standard_error(a: &[usize], b: &[usize]) -> f64 {
     let mean = d.iter().sum::<f64>() / n;
     let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (var / n).sqrt()
+}
+
+/// The position of the highest of `mrrs`, the earliest on ties (0 when empty).
+fn highest(mrrs: impl Iterator<Item = f64>) -> usize {
+    mrrs.enumerate().fold((0, f64::NEG_INFINITY), |best, (i, m)| if m > best.1 { (i, m) } else { best }).0
 }
 
 /// Which of several choices of ensemble members to keep, given each one's member count and

@@ -335,8 +335,19 @@ impl MilvusStore {
         let schema = self.schema(spec)?;
         let options = CreateCollectionOptions::with_consistency_level(milvus::client::ConsistencyLevel::Strong);
         match self.call("create_collection", |c| async move { c.create_collection(schema, Some(options)).await }) {
-            // This worker made it, so this worker indexes it.
-            Ok(()) => self.set_index(VectorIndex::Flat),
+            // This worker made it, so this worker indexes it; but Milvus also answers success to
+            // a `create_collection` for a collection that exists with the same schema, so
+            // another worker may be building the same index: nothing is dropped here (a drop
+            // would pull the index from under the other worker's wait for it, seen in CI as
+            // `create_index` failing with IndexNotExist), and the server accepts a second
+            // identical `create_index`.
+            Ok(()) => match self.build_index(VectorIndex::Flat) {
+                Ok(()) => self.load(),
+                Err(e) => {
+                    tracing::debug!("building the index of the new collection: {e}; waiting for another worker's");
+                    self.load_when_indexed()
+                }
+            },
             // Another worker created it first and indexes it.
             Err(e) if self.spec()?.as_ref() == Some(spec) => {
                 tracing::debug!("collection created meanwhile: {e}");
@@ -378,6 +389,13 @@ impl MilvusStore {
         if let Err(e) = self.call("drop_index", |c| async move { c.drop_index(name, INDEX_NAME.to_owned()).await }) {
             tracing::debug!("no index to drop: {e}");
         }
+        self.build_index(index)?;
+        self.load()
+    }
+
+    /// Builds the vector index and waits until it is built (the collection has none, or the
+    /// same one).
+    fn build_index(&self, index: VectorIndex) -> Result<()> {
         let (kind, params, ef) = match index {
             VectorIndex::Flat => (IndexType::Flat, HashMap::new(), 0),
             VectorIndex::Hnsw { m, ef_construction, ef } => (
@@ -396,7 +414,7 @@ impl MilvusStore {
         let build = self.timeout.max(INDEX_BUILD_TIMEOUT);
         self.call_within("create_index", build, |c| async move { c.create_index(name, LIKE, params).await })?;
         self.ef.store(ef, Ordering::Relaxed);
-        self.load()
+        Ok(())
     }
 
     /// Writes `rows` whole (a row with the same key is replaced), in requests of a few hundred

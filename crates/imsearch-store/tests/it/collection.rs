@@ -127,12 +127,14 @@ fn rows_larger_than_one_answer_holds_are_read_back_whole_by_smaller_pages() {
 
 /// Workers that start at once all create or open the same new collection: the one that
 /// creates it builds its index, the others wait for that index before loading (loading a
-/// collection without an index fails), and every worker can then write and read.
+/// collection without an index fails), and every worker can then write and read. In the first
+/// round all start together: Milvus then answers every worker's `create_collection` with
+/// success (8 of 8 here), so they all build the same index and none may drop another's.
 #[test]
 fn workers_starting_at_once_share_one_new_collection() {
     let server = crate::server_for_tests();
     let spec = CollectionSpec { like_dim: 8, made_by: "racing workers".into() };
-    for round in 0..3 {
+    for round in 0..4 {
         let url: StoreUrl =
             format!("milvus://{}/it_race_{}_{round}", server.address, std::process::id()).parse().unwrap();
         MilvusStore::connect(&url, Duration::from_secs(60)).unwrap().drop_collection().unwrap();
@@ -144,9 +146,9 @@ fn workers_starting_at_once_share_one_new_collection() {
                     s.spawn(move || {
                         let store = MilvusStore::connect(url, Duration::from_secs(60)).unwrap();
                         barrier.wait();
-                        // Staggered, so that later workers find the collection made but
-                        // perhaps not yet indexed.
-                        std::thread::sleep(Duration::from_millis((w * [4, 10, 25][round]) as u64));
+                        // Staggered after the first round, so that later workers find the
+                        // collection made but perhaps not yet indexed.
+                        std::thread::sleep(Duration::from_millis((w * [0, 4, 10, 25][round]) as u64));
                         store.create_or_open(spec).map_err(|e| format!("worker {w}: {e}"))?;
                         store.upsert(&[row(w, 8)], spec).map_err(|e| format!("worker {w}: {e}"))
                     })

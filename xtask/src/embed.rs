@@ -160,19 +160,30 @@ pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> R
     let test: Vec<Item> =
         ds.test_images.iter().map(|r| Item::file(r.image.as_str(), ds.test_image_path(&r.image))).collect();
     let mut times = EncodeTimes::default();
-    let train_caches = embed_images(&encoders, &ids, &views, &train, opts.batch, &dir, "train", &mut times)?;
-    let test_caches = embed_images(&encoders, &ids, &views, &test, opts.batch, &dir, "test", &mut times)?;
-    // Single views of the training images, for training with views as augmentation: one pass
-    // per view, every encoder at once.
-    let mut train_views: Vec<Vec<(String, EmbeddingCache)>> = encoders.iter().map(|_| Vec::new()).collect();
-    for view in single_views {
-        let name = view.to_string();
-        let view_ids: Vec<String> = kinds.iter().map(|k| format!("{}@{name}", k.id())).collect();
-        let caches = embed_images(&encoders, &view_ids, &[view], &train, opts.batch, &dir, "train", &mut times)?;
-        for (per_encoder, cache) in train_views.iter_mut().zip(caches) {
-            per_encoder.push((name.clone(), cache));
-        }
-    }
+    // The training images in one pass: the mean over --views and each single view of
+    // --train-views, a view shared by both (the centre crop, say) encoded once.
+    let mut train_outputs = vec![views.clone()];
+    train_outputs.extend(single_views.iter().map(|v| vec![*v]));
+    let train_ids: Vec<Vec<String>> = kinds
+        .iter()
+        .zip(&ids)
+        .map(|(k, id)| {
+            let mut per = vec![id.clone()];
+            per.extend(single_views.iter().map(|v| format!("{}@{v}", k.id())));
+            per
+        })
+        .collect();
+    let mut train_caches =
+        embed_images(&encoders, &train_ids, &train_outputs, &train, opts.batch, &dir, "train", &mut times)?;
+    let test_ids: Vec<Vec<String>> = ids.iter().map(|id| vec![id.clone()]).collect();
+    let test_caches =
+        embed_images(&encoders, &test_ids, std::slice::from_ref(&views), &test, opts.batch, &dir, "test", &mut times)?;
+    let train_views: Vec<Vec<(String, EmbeddingCache)>> = train_caches
+        .iter_mut()
+        .map(|per| per.drain(1..).zip(&single_views).map(|(cache, v)| (v.to_string(), cache)).collect())
+        .collect();
+    let train_caches = train_caches.into_iter().map(|mut per| per.swap_remove(0));
+    let test_caches = test_caches.into_iter().map(|mut per| per.swap_remove(0));
     if times.images > 0 {
         println!("{}", stage_report(&times));
     }
@@ -198,24 +209,31 @@ pub(crate) fn stage_report(times: &EncodeTimes) -> String {
     out
 }
 
-/// Brings the caches `<dir>/<id>/<collection>.safetensors` of every encoder in line with
-/// `items` in one pass: each file is read and decoded once for all the encoders (see
-/// `imsearch_engine::encode_images_all`).
+/// Brings the caches `<dir>/<id>/<collection>.safetensors` of every encoder and output in line
+/// with `items` in one pass (`ids[e][o]`: encoder `e`'s cache of output `o`, the mean of the
+/// views `outputs[o]`): each file is read and decoded once for all of them, and each view goes
+/// through each encoder once (see `imsearch_engine::encode_image_outputs`). Returns the
+/// caches as `ids` names them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn embed_images(
     encoders: &[&dyn ImageEncoder],
-    ids: &[String],
-    views: &[View],
+    ids: &[Vec<String>],
+    outputs: &[Vec<View>],
     items: &[Item],
     batch: usize,
     dir: &Path,
     collection: &str,
     times: &mut EncodeTimes,
-) -> Result<Vec<EmbeddingCache>> {
-    let paths: Vec<PathBuf> = ids.iter().map(|id| dir.join(id).join(format!("{collection}.safetensors"))).collect();
+) -> Result<Vec<Vec<EmbeddingCache>>> {
+    // Flat, encoder by encoder: the cache at `k` is output `pairs[k].1` of encoder `pairs[k].0`.
+    let pairs: Vec<(usize, usize)> =
+        ids.iter().enumerate().flat_map(|(e, per)| (0..per.len()).map(move |o| (e, o))).collect();
+    let flat_ids: Vec<&String> = ids.iter().flatten().collect();
+    let paths: Vec<PathBuf> =
+        flat_ids.iter().map(|id| dir.join(id).join(format!("{collection}.safetensors"))).collect();
     let mut caches = Vec::new();
-    for ((encoder, id), path) in encoders.iter().zip(ids).zip(&paths) {
-        caches.push(open_cache(path, id, encoder.dim())?);
+    for (&(e, _), (id, path)) in pairs.iter().zip(flat_ids.iter().zip(&paths)) {
+        caches.push(open_cache(path, id, encoders[e].dim())?);
     }
     let checkpoints: Vec<Checkpoint> = paths.iter().map(Checkpoint::to).collect();
     let label = format!("{} {collection}", encoders.iter().map(|e| e.id()).collect::<Vec<_>>().join(", "));
@@ -227,8 +245,8 @@ pub(crate) fn embed_images(
         batch,
         &checkpoints.iter().map(Some).collect::<Vec<_>>(),
         |batch, need| {
-            let chosen: Vec<&dyn ImageEncoder> = need.iter().map(|&c| encoders[c]).collect();
-            imsearch_engine::encode_images_all(&chosen, views, batch, times)
+            let need: Vec<(usize, usize)> = need.iter().map(|&k| pairs[k]).collect();
+            imsearch_engine::encode_image_outputs(encoders, outputs, &need, batch, times)
         },
         |done| bar.set_position(done as u64),
     )?;
@@ -238,17 +256,18 @@ pub(crate) fn embed_images(
     let busy = all_stats.iter().filter(|s| s.encoded > 0).count();
     if busy > 1 {
         println!(
-            "{collection}: {encoded} images read and decoded once for {busy} encoders in {elapsed:.1} s, {:.1} images/s",
+            "{collection}: {encoded} images read and decoded once for {busy} caches in {elapsed:.1} s, {:.1} images/s",
             encoded as f64 / elapsed
         );
     }
-    for ((cache, stats), (id, path)) in caches.iter().zip(&all_stats).zip(ids.iter().zip(&paths)) {
+    for ((cache, stats), (id, path)) in caches.iter().zip(&all_stats).zip(flat_ids.iter().zip(&paths)) {
         report(id, collection, stats, (busy <= 1).then_some(start));
         if stats.changed() {
             cache.save(path)?;
         }
     }
-    Ok(caches)
+    let mut caches = caches.into_iter();
+    Ok(ids.iter().map(|per| caches.by_ref().take(per.len()).collect()).collect())
 }
 
 /// The text-cache key of ImageNet class `i` (not a query id: it has no `#`).

@@ -392,6 +392,27 @@ pub fn encode_images_all(
     items: &[Item],
     times: &mut EncodeTimes,
 ) -> Vec<Vec<Result<Vec<f32>, String>>> {
+    let need: Vec<(usize, usize)> = (0..encoders.len()).map(|e| (e, 0)).collect();
+    encode_image_outputs(encoders, &[views.to_vec()], &need, items, times)
+}
+
+/// Features of a batch of image files for several outputs of several encoders, each output
+/// the mean of its views' features: `need` names the (encoder, output) pairs wanted, and the
+/// result holds per item one result per pair, in `need`'s order. A file is read and decoded
+/// once for everything, a resized copy is shared by every view and encoder of the same size,
+/// and each view goes through an encoder once however many outputs name it (the centre crop
+/// of a two-view mean and of its own single view, say). The features are those
+/// [`encode_images_all`] gives for each output alone, bit for bit: each view is a forward
+/// pass of its own, averaged in the order the output names them. A file that cannot be read
+/// or decoded fails for every pair with the reason; the other files are encoded. Adds the
+/// stages' time to `times` (an encoder's images once per call).
+pub fn encode_image_outputs(
+    encoders: &[&dyn ImageEncoder],
+    outputs: &[Vec<View>],
+    need: &[(usize, usize)],
+    items: &[Item],
+    times: &mut EncodeTimes,
+) -> Vec<Vec<Result<Vec<f32>, String>>> {
     use rayon::prelude::*;
     use std::time::{Duration, Instant};
 
@@ -418,8 +439,6 @@ pub fn encode_images_all(
     times.decode += if busy > 0.0 { wall * decode / busy } else { wall };
     times.images += items.len();
 
-    let mut out: Vec<Vec<Result<Vec<f32>, String>>> =
-        items.iter().map(|_| Vec::with_capacity(encoders.len())).collect();
     // The decoded images and their resized copies; `rows[j]` is the item of `prepared[j]`.
     let mut rows = Vec::new();
     let mut prepared: Vec<(RgbImage, Vec<(u32, RgbImage)>)> = Vec::new();
@@ -433,45 +452,76 @@ pub fn encode_images_all(
             Err(why) => failed.push((i, why)),
         }
     }
-    for encoder in encoders {
+    // Per pair of `need`: the features of the decoded rows, or why they failed.
+    let mut results: Vec<Option<Result<Vec<Vec<f32>>, String>>> = vec![None; need.len()];
+    for (e, encoder) in encoders.iter().enumerate() {
+        let wanted: Vec<usize> = (0..need.len()).filter(|&k| need[k].0 == e).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        // The views of this encoder's outputs, each once, in the order they are first named.
+        let mut distinct: Vec<View> = Vec::new();
+        for &k in &wanted {
+            for v in outputs.get(need[k].1).map_or(&[][..], |o| o.as_slice()) {
+                if !distinct.contains(v) {
+                    distinct.push(*v);
+                }
+            }
+        }
+        let config = encoder.preprocess();
+        let n = config.image_len();
+        let side = config.crop as usize;
+        let mut per_view: Vec<Result<candle::Tensor, String>> = Vec::with_capacity(distinct.len());
+        for view in &distinct {
+            let t = Instant::now();
+            let mut data = vec![0f32; prepared.len() * n];
+            let made = config.validate().and_then(|()| {
+                data.par_chunks_mut(n.max(1)).zip(prepared.par_iter_mut()).try_for_each(|(out, (img, resized))| {
+                    config.views_into(img, std::slice::from_ref(view), out, resized)
+                })
+            });
+            times.views += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let features = made.map_err(|e| crate::error::chain(&e)).and_then(|()| {
+                let xs = candle::Tensor::from_vec(data, (rows.len(), 3, side, side), &Device::Cpu).and_then(|xs| {
+                    if rows.is_empty() {
+                        Ok(xs)
+                    } else {
+                        encoder.features(&xs)
+                    }
+                });
+                xs.map_err(|e| format!("{}: {}", encoder.id(), crate::error::chain(&e)))
+            });
+            forward_time(times, encoder.id()).seconds += t.elapsed().as_secs_f64();
+            per_view.push(features);
+        }
+        forward_time(times, encoder.id()).images += rows.len();
+        for k in wanted {
+            let views = outputs.get(need[k].1).map_or(&[][..], |o| o.as_slice());
+            let mean = || -> Result<Vec<Vec<f32>>, String> {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                if views.is_empty() {
+                    return Err(format!("{}: an output with no view", encoder.id()));
+                }
+                let parts = views
+                    .iter()
+                    .map(|v| per_view[distinct.iter().position(|d| d == v).unwrap_or(0)].clone())
+                    .collect::<Result<Vec<_>, String>>()?;
+                let run = || candle::Tensor::stack(&parts, 1)?.mean(1)?.to_vec2::<f32>();
+                run().map_err(|e| format!("{}: {}", encoder.id(), crate::error::chain(&e)))
+            };
+            results[k] = Some(mean());
+        }
+    }
+    let mut out: Vec<Vec<Result<Vec<f32>, String>>> = items.iter().map(|_| Vec::with_capacity(need.len())).collect();
+    for result in results {
+        let result = result.unwrap_or_else(|| Err("no such encoder".into()));
         for (i, why) in &failed {
             out[*i].push(Err(why.clone()));
         }
-        let config = encoder.preprocess();
-        let n = config.image_len() * views.len();
-        let t = Instant::now();
-        let mut data = vec![0f32; prepared.len() * n];
-        let made = config.validate().and_then(|()| {
-            data.par_chunks_mut(n.max(1))
-                .zip(prepared.par_iter_mut())
-                .try_for_each(|(out, (img, resized))| config.views_into(img, views, out, resized))
-        });
-        times.views += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let features = made.map_err(|e| crate::error::chain(&e)).and_then(|()| {
-            if rows.is_empty() {
-                return Ok(Vec::new());
-            }
-            let side = config.crop as usize;
-            let run = || -> candle::Result<Vec<Vec<f32>>> {
-                let xs = candle::Tensor::from_vec(data, (rows.len() * views.len(), 3, side, side), &Device::Cpu)?;
-                let f = encoder.features(&xs)?;
-                let (_, dim) = f.dims2()?;
-                f.reshape((rows.len(), views.len(), dim))?.mean(1)?.to_vec2::<f32>()
-            };
-            run().map_err(|e| format!("{}: {}", encoder.id(), crate::error::chain(&e)))
-        });
-        let seconds = t.elapsed().as_secs_f64();
-        let at = match times.forward.iter().position(|f| f.encoder == encoder.id()) {
-            Some(at) => at,
-            None => {
-                times.forward.push(ForwardTime { encoder: encoder.id().to_owned(), ..Default::default() });
-                times.forward.len() - 1
-            }
-        };
-        times.forward[at].seconds += seconds;
-        times.forward[at].images += rows.len();
-        match features {
+        match result {
             Ok(features) => {
                 for (&i, f) in rows.iter().zip(features) {
                     out[i].push(Ok(f));
@@ -485,6 +535,18 @@ pub fn encode_images_all(
         }
     }
     out
+}
+
+/// The entry of `times` for `encoder`, made on first use.
+fn forward_time<'a>(times: &'a mut EncodeTimes, encoder: &str) -> &'a mut ForwardTime {
+    let at = match times.forward.iter().position(|f| f.encoder == encoder) {
+        Some(at) => at,
+        None => {
+            times.forward.push(ForwardTime { encoder: encoder.to_owned(), ..Default::default() });
+            times.forward.len() - 1
+        }
+    };
+    &mut times.forward[at]
 }
 
 /// The image files under `root` as (path relative to `root` with `/` separators, path), sorted,

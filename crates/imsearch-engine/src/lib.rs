@@ -47,8 +47,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use folder::{
-    encode_file, encode_images, encode_images_all, key_bucket, list_images, list_images_detailed, EncodeTimes,
-    FolderIndex, ImageListing, IndexOptions, IndexSummary, Shard, Skipped, IMAGE_EXTENSIONS,
+    encode_file, encode_image_outputs, encode_images, encode_images_all, key_bucket, list_images, list_images_detailed,
+    EncodeTimes, FolderIndex, ImageListing, IndexOptions, IndexSummary, Shard, Skipped, IMAGE_EXTENSIONS,
 };
 pub use library::{library_path, make_library, LibrarySummary};
 pub use neighbours::{Neighbourhood, Neighbours};

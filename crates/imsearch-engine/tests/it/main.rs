@@ -381,6 +381,70 @@ fn a_folder_indexed_by_two_encoders_at_once_gets_each_encoders_own_rows_and_skip
     assert_ne!(PreprocessConfig::imagenet(), kinds[1].0.preprocess());
 }
 
+/// The training pass of `embed`: a two-view mean and single views of two encoders at once, each
+/// view through each encoder once, every pair as its own encode gives it, in the order asked.
+#[test]
+fn outputs_sharing_views_encode_each_view_once_and_match_their_own_encodes() {
+    use imsearch_engine::{encode_image_outputs, encode_images, EncodeTimes};
+    use imsearch_index::Item;
+    use imsearch_vision::{EncoderKind, View};
+    use std::sync::{atomic::AtomicUsize, atomic::Ordering, Arc};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = image::RgbImage::new(64, 48);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        *p = image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8]);
+    }
+    img.save(dir.path().join("gradient.png")).unwrap();
+    let mut tall = image::RgbImage::new(40, 90);
+    for (x, y, p) in tall.enumerate_pixels_mut() {
+        *p = image::Rgb([(y * 2) as u8, 90, (x * 6) as u8]);
+    }
+    tall.save(dir.path().join("tall.png")).unwrap();
+    std::fs::write(dir.path().join("broken.jpg"), b"\xff\xd8 not really a jpeg").unwrap();
+    let items: Vec<Item> =
+        ["gradient.png", "broken.jpg", "tall.png"].iter().map(|k| Item::file(*k, dir.path().join(k))).collect();
+    let kinds = [(EncoderKind::MobileNetV2, "a"), (EncoderKind::EfficientNetLite2, "b")];
+    let seen: Vec<Arc<AtomicUsize>> = kinds.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let encoder = |c: usize| Counting(ChannelMeans(kinds[c].0.preprocess()), kinds[c].1, seen[c].clone());
+    let encoders = [encoder(0), encoder(1)];
+    let encoders: Vec<&dyn imsearch_vision::ImageEncoder> =
+        encoders.iter().map(|e| e as &dyn imsearch_vision::ImageEncoder).collect();
+    let outputs =
+        vec![vec![View::Center, View::Squashed], vec![View::Center], vec![View::Squashed], vec![View::TopLeft]];
+    let need = [(1, 2), (0, 0), (0, 1), (1, 0), (0, 3), (1, 3), (0, 2), (1, 1)];
+    let mut times = EncodeTimes::default();
+    let got = encode_image_outputs(&encoders, &outputs, &need, &items, &mut times);
+    // Three distinct views of the two photos that decode, once per encoder.
+    let counts: Vec<usize> = seen.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+    assert_eq!(counts, [6, 6]);
+    assert_eq!(times.images, 3);
+    assert_eq!(got.len(), 3);
+    for (item, per_pair) in items.iter().zip(&got) {
+        assert_eq!(per_pair.len(), need.len());
+        for (&(e, o), result) in need.iter().zip(per_pair) {
+            if item.key == "broken.jpg" {
+                let why = result.as_ref().unwrap_err();
+                assert!(why.contains("broken.jpg"), "{why}");
+                continue;
+            }
+            // Each view encoded alone, the mean taken here.
+            let alone: Vec<Vec<f32>> = outputs[o]
+                .iter()
+                .map(|v| encode_images(&encoder(e), &[*v], std::slice::from_ref(item)).remove(0).unwrap())
+                .collect();
+            let want: Vec<f32> =
+                (0..alone[0].len()).map(|j| alone.iter().map(|a| a[j]).sum::<f32>() / alone.len() as f32).collect();
+            assert_eq!(result.as_ref().unwrap(), &want, "{} for encoder {e}, output {o}", item.key);
+        }
+    }
+    // The outputs differ (the test would not see a pair answered with another's features).
+    let g = &got[0];
+    assert_ne!(g[1].as_ref().unwrap(), g[2].as_ref().unwrap());
+    assert_ne!(g[4].as_ref().unwrap(), g[2].as_ref().unwrap());
+    assert_ne!(g[1].as_ref().unwrap(), g[3].as_ref().unwrap());
+}
+
 #[test]
 fn more_like_this_finds_the_photo_itself_and_its_copy_first() {
     let dir = tempfile::tempdir().unwrap();

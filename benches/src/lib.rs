@@ -13,7 +13,7 @@ pub fn model(id: &str) -> ModelFiles {
 
 /// The real dataset: `IMSEARCH_DATA`, else `../shared/data/dsplus_integrated_project_4`.
 pub fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("IMSEARCH_DATA").map(PathBuf::from).unwrap_or_else(|| {
+    let dir = std::env::var_os("IMSEARCH_DATA").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsplus_integrated_project_4")
     });
     assert!(dir.join("train_images").is_dir(), "no dataset at {}; set IMSEARCH_DATA", dir.display());

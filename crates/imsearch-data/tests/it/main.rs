@@ -17,7 +17,9 @@ fn fixture_dir() -> PathBuf {
 
 /// The real dataset, or `None` outside CI when it is absent. In CI (`CI` set) its absence fails.
 fn real_data_dir() -> Option<PathBuf> {
+    // An empty variable is unset, as for the commands.
     let dir = std::env::var_os(imsearch_data::DATA_ENV)
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("../shared/data/dsplus_integrated_project_4"));
     if dir.join("train_dataset.csv").is_file() {

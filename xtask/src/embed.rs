@@ -33,11 +33,12 @@ pub(crate) struct EmbedOpts {
     /// same cost (docs/results.md).
     #[arg(long, value_delimiter = ',', default_value = "center,squashed")]
     pub(crate) views: Vec<String>,
-    /// Single views of the training images encoded one at a time (each its own cache, of the
-    /// training images only), for the fusion members trained with views as augmentation (the
-    /// dual-encoder recipe; the default is the views of the default engine's members). Same names
-    /// as --views; "none" for none (the engine then leaves those members out). The test images
-    /// and searched folders are encoded with --views only.
+    /// Single views of the training images, each its own cache (of the training images only),
+    /// encoded in the same pass as --views (a view in both goes through each encoder once), for
+    /// the fusion members trained with views as augmentation (the dual-encoder recipe; the
+    /// default is the views of the default engine's members). Same names as --views; "none" for
+    /// none (the engine then leaves those members out). The test images and searched folders are
+    /// encoded with --views only.
     #[arg(long, value_delimiter = ',', default_values = imsearch_engine::DUAL_ENCODER_VIEWS)]
     pub(crate) train_views: Vec<String>,
     /// Images per forward pass.

@@ -174,17 +174,20 @@ pub(crate) fn embed_all(ds: &Dataset, store: &ModelStore, opts: &EmbedOpts) -> R
             per
         })
         .collect();
-    let mut train_caches =
-        embed_images(&encoders, &train_ids, &train_outputs, &train, opts.batch, &dir, "train", &mut times)?;
+    // Per encoder: the mean's cache, then the single views' in order.
+    let (train_caches, train_views): (Vec<EmbeddingCache>, Vec<Vec<(String, EmbeddingCache)>>) =
+        embed_images(&encoders, &train_ids, &train_outputs, &train, opts.batch, &dir, "train", &mut times)?
+            .into_iter()
+            .map(|mut per| {
+                let singles = per.split_off(1).into_iter().zip(&single_views).map(|(c, v)| (v.to_string(), c));
+                (per.remove(0), singles.collect())
+            })
+            .unzip();
     let test_ids: Vec<Vec<String>> = ids.iter().map(|id| vec![id.clone()]).collect();
     let test_caches =
-        embed_images(&encoders, &test_ids, std::slice::from_ref(&views), &test, opts.batch, &dir, "test", &mut times)?;
-    let train_views: Vec<Vec<(String, EmbeddingCache)>> = train_caches
-        .iter_mut()
-        .map(|per| per.drain(1..).zip(&single_views).map(|(cache, v)| (v.to_string(), cache)).collect())
-        .collect();
-    let train_caches = train_caches.into_iter().map(|mut per| per.swap_remove(0));
-    let test_caches = test_caches.into_iter().map(|mut per| per.swap_remove(0));
+        embed_images(&encoders, &test_ids, std::slice::from_ref(&views), &test, opts.batch, &dir, "test", &mut times)?
+            .into_iter()
+            .flatten();
     if times.images > 0 {
         println!("{}", stage_report(&times));
     }

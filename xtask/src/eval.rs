@@ -33,6 +33,12 @@ pub(crate) struct Args {
     /// captions; docs/results.md). For comparing the two on validation.
     #[arg(long)]
     pub(crate) no_dual_bank: bool,
+    /// Describe the caption neighbours' gallery of training images by the features images are
+    /// scored with (--views) instead of the mean of their single --train-views (the default,
+    /// chosen on the pooled validation captions; docs/results.md). For comparing the two on
+    /// validation.
+    #[arg(long)]
+    pub(crate) no_neighbour_views: bool,
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -57,6 +63,10 @@ fn evaluate(args: &Args) -> Result<Metrics> {
         validation_splits: args.validation_splits,
         dual_encoder_views: pipeline.embed.train_view_names(),
         dual_bank_normalised: !args.no_dual_bank,
+        neighbour_views: match args.no_neighbour_views {
+            true => Vec::new(),
+            false => pipeline.embed.train_view_names(),
+        },
     };
     let heads = engine::heads(pipeline)?;
     let dir = engine::engine_dir(pipeline);

@@ -95,6 +95,11 @@ pub struct Recipe {
     /// keeps their raw logits). Absent in engines saved before it existed: off.
     #[serde(default)]
     pub dual_bank_normalised: bool,
+    /// The single views of the training images whose mean features the caption neighbours'
+    /// gallery holds; empty: the features the images are scored with. Absent in engines saved
+    /// before it existed: empty (their gallery is saved, so they rank as before).
+    #[serde(default)]
+    pub neighbour_views: Vec<String>,
 }
 
 /// The probability that a text matches an image, from the engine's parts' scores of the pair
@@ -175,11 +180,12 @@ impl Default for Recipe {
     /// The choice of `cargo xtask eval` with seed 0 on the pooled validation captions of three
     /// splits (docs/results.md): the fusion model on all three encoders and one per encoder, and
     /// the same four trained with the dual-encoder recipe on the eight [`DUAL_ENCODER_VIEWS`],
-    /// each retrained on every training image for the epochs its split chose; 20 neighbours at
+    /// each retrained on every training image for the epochs its split chose; 40 neighbours at
     /// temperature 0.1; class sentences at temperature 1; weights 1, 0.25, 0.25; the probability of
     /// a match fitted on 32,107 validation pairs of the three splits; the dual-encoder members
-    /// normalised over the caption bank for ranking. Features: the mean of the centre crop and the
-    /// squashed whole image (`cargo xtask embed`'s default views).
+    /// normalised over the caption bank for ranking; the neighbours' gallery of training images
+    /// described by the mean of their eight single views. Features: the mean of the centre crop
+    /// and the squashed whole image (`cargo xtask embed`'s default views).
     fn default() -> Self {
         let member = |encoders: &[&str], epochs, dual: bool| MemberRecipe {
             encoders: encoders.iter().map(|e| (*e).to_owned()).collect(),
@@ -198,11 +204,12 @@ impl Default for Recipe {
                 member(&["efficientnet-lite2"], 19, true),
             ],
             weights: [1.0, 0.25, 0.25],
-            neighbours: Neighbourhood { k: 20, temperature: 0.1 },
+            neighbours: Neighbourhood { k: 40, temperature: 0.1 },
             bridge_temperature: 1.0,
             class_texts: ClassTexts::Sentences,
-            calibration: Calibration { weights: [0.81683224, 0.20365882, 0.07551251], bias: -1.3863788 },
+            calibration: Calibration { weights: [0.80936706, 0.22641452, 0.07070032], bias: -1.4265344 },
             dual_bank_normalised: true,
+            neighbour_views: DUAL_ENCODER_VIEWS.iter().map(|v| (*v).to_owned()).collect(),
         }
     }
 }

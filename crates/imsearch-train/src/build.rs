@@ -27,7 +27,9 @@ pub struct Sources<'a> {
 
 /// [`Recipe::default`] for this layout and these single views of the training images: its
 /// members whose encoders are all present (only the models on every encoder when there is one)
-/// and, for a dual-encoder member, whose views are all in `views`.
+/// and, for a dual-encoder member, whose views are all in `views`; the neighbours' gallery of
+/// the mean of its views when they are all in `views`, else of the features images are scored
+/// with.
 pub fn default_recipe(layout: &[ImagePart], views: &[String]) -> Recipe {
     let mut recipe = Recipe::default();
     let ids: Vec<&str> = layout.iter().map(ImagePart::encoder).collect();
@@ -39,6 +41,9 @@ pub fn default_recipe(layout: &[ImagePart], views: &[String]) -> Recipe {
     }
     if recipe.members.iter().all(|m| m.dual_encoder.is_some()) {
         recipe.members.insert(0, MemberRecipe { encoders: Vec::new(), epochs, dual_encoder: None });
+    }
+    if !recipe.neighbour_views.iter().all(|v| views.contains(v)) {
+        recipe.neighbour_views.clear();
     }
     recipe
 }
@@ -92,7 +97,7 @@ pub fn build(
         let (model, dir) = ck.load_or_train_all(data.as_ref().unwrap_or(p), seed, m.epochs, on_event)?;
         members.push((m.clone(), model, dir));
     }
-    let neighbours = neighbours_of(p, true, recipe.neighbours)?;
+    let neighbours = neighbours_of(p, true, recipe.neighbours, &recipe.neighbour_views)?;
     let classes = src.embeddings.class_rows(recipe.class_texts)?;
     let bridge = Bridge::new(src.heads.to_vec(), classes, recipe.bridge_temperature)?;
     let bank = caption_bank(p, &[&p.train, &p.validation])?;
@@ -114,14 +119,17 @@ pub fn build(
 }
 
 /// Caption neighbours whose gallery is the training side of the split, or (`all`) every
-/// training image with the validation side's captions and confirmed pairs too.
-pub fn neighbours_of(p: &TrainingData, all: bool, hood: Neighbourhood) -> Result<Neighbours> {
+/// training image with the validation side's captions and confirmed pairs too. The gallery's
+/// images are described by the mean of their single `views` ([`TrainingData::view_mean`]); the
+/// images it is asked about come with the features they are scored with.
+pub fn neighbours_of(p: &TrainingData, all: bool, hood: Neighbourhood, views: &[String]) -> Result<Neighbours> {
+    let features = p.view_mean(views)?;
     let mut gallery: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for &(t, i) in &p.train.positives {
         gallery.entry(i).or_default().push(t);
     }
     if !all {
-        return Ok(Neighbours::new(&p.images, &p.texts, &gallery, &p.train.candidates, hood)?);
+        return Ok(Neighbours::new(&features, &p.texts, &gallery, &p.train.candidates, hood)?);
     }
     for &(t, i) in &p.validation.positives {
         gallery.entry(i).or_default().push(t);
@@ -132,7 +140,7 @@ pub fn neighbours_of(p: &TrainingData, all: bool, hood: Neighbourhood) -> Result
         }
     }
     let all_rows: Vec<usize> = (0..p.images.dims2()?.0).collect();
-    Ok(Neighbours::new(&p.images, &p.texts, &gallery, &all_rows, hood)?)
+    Ok(Neighbours::new(&features, &p.texts, &gallery, &all_rows, hood)?)
 }
 
 /// The text rows of the distinct captions of `sets`' positives: the bank the training-free

@@ -296,6 +296,14 @@ impl TrainingData {
             .collect()
     }
 
+    /// The mean of the features of `views` (as [`TrainingData::views`]); no views: `images`.
+    pub fn view_mean(&self, views: &[String]) -> Result<Tensor> {
+        match views {
+            [] => Ok(self.images.clone()),
+            _ => Ok(Tensor::stack(&self.views(views)?, 0)?.mean(0)?),
+        }
+    }
+
     /// Where image encoder `part`'s columns start in `images`, and its width.
     pub fn columns(&self, part: usize) -> Result<(usize, usize)> {
         let encoders = self.image_parts.len();

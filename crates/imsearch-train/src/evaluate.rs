@@ -45,6 +45,10 @@ pub struct EvalConfig {
     /// averaged for ranking (each split's training captions on validation, every training
     /// caption in the engine): [`Recipe::dual_bank_normalised`].
     pub dual_bank_normalised: bool,
+    /// The single views of the training images whose mean features describe the caption
+    /// neighbours' gallery (empty: the features images are scored with):
+    /// [`Recipe::neighbour_views`].
+    pub neighbour_views: Vec<String>,
 }
 
 /// Validation figures: agreement with the labels and retrieval among validation images.
@@ -218,7 +222,7 @@ pub fn evaluate(
     let mut tried: Vec<(NeighbourChoice, Keep, Vec<ValidationSplit>, usize, &str)> = Vec::new();
     for (which, keep) in compositions {
         let candidate = splits_of(&keep);
-        let choice = choose_neighbours(&candidate, &banks, &bridge_bn, on_event)?;
+        let choice = choose_neighbours(&candidate, &banks, &bridge_bn, &config.neighbour_views, on_event)?;
         let members = all_members.iter().filter(|m| keep(m)).count();
         on_event(Event::MembersTried { which, members, mrr: choice.pooled });
         tried.push((choice, keep, candidate, members, which));
@@ -255,7 +259,7 @@ pub fn evaluate(
     entries.push(Entry {
         name: "caption neighbours (training-free)".into(),
         scorer: neighbours.clone(),
-        test_scorer: Arc::new(neighbours_of(&p, true, hood)?),
+        test_scorer: Arc::new(neighbours_of(&p, true, hood, &config.neighbour_views)?),
         texts: p.texts.clone(),
     });
     let first_mats = parts.iter().map(|s| splits[0].matrix(s.as_ref())).collect::<Result<Vec<_>>>()?;
@@ -271,7 +275,7 @@ pub fn evaluate(
 
     // The probability of a match: the parts' scores of each labelled validation pair mapped
     // to its label, every split pooled.
-    let calibration = fit_calibration(&splits, &banks, &bridge_bn, hood, w)?;
+    let calibration = fit_calibration(&splits, &banks, &bridge_bn, hood, w, &config.neighbour_views)?;
     on_event(Event::Calibrated { report: &calibration });
 
     // The engine: the recipe chosen above, built from the models retrained on every training
@@ -291,6 +295,7 @@ pub fn evaluate(
         class_texts,
         calibration: calibration.calibration,
         dual_bank_normalised: config.dual_bank_normalised,
+        neighbour_views: config.neighbour_views.clone(),
     };
     if recipe != default_recipe(&p.image_parts, &p.view_names()) {
         on_event(Event::RecipeDiffers { recipe: &recipe });

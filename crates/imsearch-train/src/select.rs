@@ -316,11 +316,13 @@ pub(crate) struct NeighbourChoice {
 /// Neighbours among the training captions, with the gallery of each split's training side:
 /// how many neighbours vote and how sharply their softmax weights favour the nearest, chosen
 /// with the ensemble's weights on the pooled validation captions. `banks` and `bridges` are
-/// each split's caption bank and bank-normalised bridge.
+/// each split's caption bank and bank-normalised bridge; the galleries' images are described
+/// by the mean of their single `views` ([`neighbours_of`]).
 pub(crate) fn choose_neighbours(
     splits: &[ValidationSplit],
     banks: &[Tensor],
     bridges: &[Arc<dyn Scorer>],
+    views: &[String],
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<NeighbourChoice> {
     // The fusion models' and the bridge's matrices do not depend on the neighbourhood:
@@ -331,7 +333,8 @@ pub(crate) fn choose_neighbours(
         .map(|(split, bridge)| Ok((split.matrix(split.group.as_ref())?, split.matrix(bridge.as_ref())?)))
         .collect::<Result<Vec<_>>>()?;
     let first = Neighbourhood { k: NEIGHBOURS_K[0], temperature: NEIGHBOURS_TEMPERATURES[0] };
-    let galleries = splits.iter().map(|split| neighbours_of(&split.p, false, first)).collect::<Result<Vec<_>>>()?;
+    let galleries =
+        splits.iter().map(|split| neighbours_of(&split.p, false, first, views)).collect::<Result<Vec<_>>>()?;
     let correct: Vec<Vec<usize>> = splits.iter().map(ValidationSplit::correct).collect();
     // Every neighbourhood with every point of the weight grid, with its pooled ranks.
     let grid = select::weight_grid(3);
@@ -534,10 +537,11 @@ pub(crate) fn fit_calibration(
     bridges: &[Arc<dyn Scorer>],
     hood: Neighbourhood,
     weights: [f32; 3],
+    views: &[String],
 ) -> Result<CalibrationReport> {
     let mut per_split = Vec::with_capacity(splits.len());
     for ((split, bank), bridge) in splits.iter().zip(banks).zip(bridges) {
-        let neighbours: Arc<dyn Scorer> = Arc::new(neighbours_of(&split.p, false, hood)?);
+        let neighbours: Arc<dyn Scorer> = Arc::new(neighbours_of(&split.p, false, hood, views)?);
         per_split.push(calibration_pairs(split, normalised(&neighbours, bank).as_ref(), bridge.as_ref(), weights)?);
     }
     let fit = |parts: &[&CalibrationPairs]| -> Result<Calibration> {

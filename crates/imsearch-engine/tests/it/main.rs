@@ -115,6 +115,7 @@ fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize, dual: bool) -> 
         class_texts: ClassTexts::Sentences,
         calibration: Calibration { weights: [1.0, 0.5, 0.5], bias: -1.0 },
         dual_bank_normalised: dual,
+        neighbour_views: vec!["center".into(), "squashed".into()],
     };
     let engine = Engine::new(EngineData {
         image_layout: layout,
@@ -524,7 +525,8 @@ fn a_bank_normalised_dual_member_changes_the_ranking_and_keeps_the_raw_match_pro
     for (x, y) in p.iter().flatten().zip(q.iter().flatten()) {
         assert!((x - y).abs() < 1e-6, "{p:?} {q:?}");
     }
-    // Saved and read back it ranks alike; a spec written before the setting existed reads as off.
+    // Saved and read back it ranks alike; a spec written before the settings existed reads as
+    // off (and its neighbours' gallery, saved with it, as it was).
     let saved = dir.path().join("engine");
     banked.save(&saved).unwrap();
     let loaded = Engine::load(&saved, "a@center+b@center", TEXT).unwrap();
@@ -534,9 +536,10 @@ fn a_bank_normalised_dual_member_changes_the_ranking_and_keeps_the_raw_match_pro
     let spec_path = saved.join("engine.json");
     let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
     assert!(spec["recipe"].as_object_mut().unwrap().remove("dual_bank_normalised").is_some());
+    assert!(spec["recipe"].as_object_mut().unwrap().remove("neighbour_views").is_some());
     std::fs::write(&spec_path, serde_json::to_string(&spec).unwrap()).unwrap();
     let old = Engine::load(&saved, "a@center+b@center", TEXT).unwrap();
-    assert!(!old.recipe().dual_bank_normalised);
+    assert!(!old.recipe().dual_bank_normalised && old.recipe().neighbour_views.is_empty());
     for (x, y) in a.iter().flatten().zip(scores(&old, &collection, &queries).iter().flatten()) {
         assert!((x - y).abs() < 1e-6);
     }

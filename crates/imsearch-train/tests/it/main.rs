@@ -5,10 +5,11 @@ use std::{cell::RefCell, path::PathBuf};
 
 use candle::{Device, Tensor};
 use imsearch_data::{Dataset, LoadOptions};
-use imsearch_engine::{ClassTexts, ClassifierHead, Engine, ImagePart, MemberRecipe, Recipe};
+use imsearch_engine::{ClassTexts, ClassifierHead, Engine, ImagePart, MemberRecipe, Recipe, Scorer};
 use imsearch_index::EmbeddingCache;
 use imsearch_train::{
-    build, default_recipe, Checkpoints, Embeddings, Error, Event, ImageEmbeddings, Sources, TrainOptions, TrainingData,
+    build, default_recipe, neighbours_of, Checkpoints, Embeddings, Error, Event, ImageEmbeddings, Sources,
+    TrainOptions, TrainingData,
 };
 
 const TEXT: &str = "toy-text";
@@ -194,6 +195,12 @@ fn default_recipe_keeps_the_members_of_the_layout() {
     let three = layout(&["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"]);
     let views: Vec<String> = all.members.iter().flat_map(|m| m.dual_encoder.clone().unwrap_or_default()).collect();
     assert_eq!(default_recipe(&three, &views), all);
+    // The neighbours' gallery is described by the mean of the default's eight views when the
+    // embeddings hold them all, else by the features images are scored with.
+    assert_eq!(all.neighbour_views.len(), 8);
+    assert!(all.neighbour_views.iter().all(|v| views.contains(v)));
+    let seven = &all.neighbour_views[..7];
+    assert!(default_recipe(&three, seven).neighbour_views.is_empty());
     // Without the views, the dual-encoder members go (the default has some: issue 16).
     let fusion_only: Vec<MemberRecipe> = all.members.iter().filter(|m| m.dual_encoder.is_none()).cloned().collect();
     assert!(fusion_only.len() < all.members.len());
@@ -224,6 +231,7 @@ fn an_engine_is_built_from_a_recipe_and_loads() {
             MemberRecipe { encoders: vec!["b".into()], epochs: 1, dual_encoder: None },
         ],
         neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
+        neighbour_views: Vec::new(),
         ..Recipe::default()
     };
     let engine_dir = dir.path().join("engine");
@@ -272,6 +280,7 @@ fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
             MemberRecipe { encoders: vec!["b".into()], epochs: 2, dual_encoder: Some(vec!["v1".into(), "v2".into()]) },
         ],
         neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
+        neighbour_views: vec!["v1".into(), "v2".into()],
         ..Recipe::default()
     };
     let engine_dir = dir.path().join("engine");
@@ -292,4 +301,36 @@ fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
     };
     let err = build(&sources, missing, &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::MissingView { ref view, .. } if view == "v9"), "{err}");
+}
+
+#[test]
+fn the_neighbours_gallery_is_described_by_the_mean_of_its_views() {
+    let ds = fixture();
+    let caches = Caches::new(&ds);
+    let emb = caches.view();
+    let data = TrainingData::new(&ds, &emb, &TrainOptions::default()).unwrap();
+    let both = ["v1".to_owned(), "v2".to_owned()];
+    // The mean of the named views, element by element; no views: the scored features.
+    let mean = data.view_mean(&both).unwrap().to_vec2::<f32>().unwrap();
+    let (v1, v2) = (data.image_views[0].1.to_vec2::<f32>().unwrap(), data.image_views[1].1.to_vec2::<f32>().unwrap());
+    for ((m, a), b) in mean.iter().flatten().zip(v1.iter().flatten()).zip(v2.iter().flatten()) {
+        assert!((m - (a + b) / 2.0).abs() < 1e-6, "{m} {a} {b}");
+    }
+    assert_eq!(data.view_mean(&[]).unwrap().to_vec2::<f32>().unwrap(), data.images.to_vec2::<f32>().unwrap());
+    let err = data.view_mean(&["v1".into(), "v7".into()]).unwrap_err();
+    assert!(matches!(err, Error::MissingView { ref view, .. } if view == "v7"), "{err}");
+
+    // The votes come from the views' mean: other scores than from the scored features, and the
+    // same as neighbours whose gallery features are that mean.
+    let hood = imsearch_engine::Neighbourhood { k: 2, temperature: 0.1 };
+    let scores = |n: imsearch_engine::Neighbours| {
+        let n: &dyn Scorer = &n;
+        n.matrix(&n.prepare(&data.images).unwrap(), &data.texts).unwrap()
+    };
+    let viewed = scores(neighbours_of(&data, true, hood, &both).unwrap());
+    let plain = scores(neighbours_of(&data, true, hood, &[]).unwrap());
+    let moved = viewed.iter().flatten().zip(plain.iter().flatten()).filter(|(a, b)| (*a - *b).abs() > 1e-6).count();
+    assert!(moved > 0, "{viewed:?}");
+    let by_hand = TrainingData { images: data.view_mean(&both).unwrap(), ..data.clone() };
+    assert_eq!(scores(neighbours_of(&by_hand, true, hood, &[]).unwrap()), viewed);
 }

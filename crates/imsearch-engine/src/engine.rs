@@ -187,10 +187,11 @@ impl Default for Recipe {
     /// described by the mean of their eight single views. Features: the mean of the centre crop
     /// and the squashed whole image (`cargo xtask embed`'s default views).
     fn default() -> Self {
+        let views: Vec<String> = DUAL_ENCODER_VIEWS.iter().map(|v| (*v).to_owned()).collect();
         let member = |encoders: &[&str], epochs, dual: bool| MemberRecipe {
             encoders: encoders.iter().map(|e| (*e).to_owned()).collect(),
             epochs,
-            dual_encoder: dual.then(|| DUAL_ENCODER_VIEWS.iter().map(|v| (*v).to_owned()).collect()),
+            dual_encoder: dual.then(|| views.clone()),
         };
         Recipe {
             members: vec![
@@ -209,7 +210,7 @@ impl Default for Recipe {
             class_texts: ClassTexts::Sentences,
             calibration: Calibration { weights: [0.80936706, 0.22641452, 0.07070032], bias: -1.4265344 },
             dual_bank_normalised: true,
-            neighbour_views: DUAL_ENCODER_VIEWS.iter().map(|v| (*v).to_owned()).collect(),
+            neighbour_views: views,
         }
     }
 }

@@ -267,58 +267,75 @@ multiversion! {
     fn attend(qkv: &[f32], out: &mut [f32], h: usize, heads: usize) => attend_any
 }
 
+/// Query rows whose attention is computed together: their independent sums fill the
+/// floating-point pipes that one row's chain of dependent additions leaves idle.
+const ROWS: usize = 4;
+
 /// Attention of one text: `qkv` holds its `len` rows of `3 * h`, `out` its `len` rows of `h`.
 /// Scores are kept in whole [`Lane`]s (the padding masked out) so that every loop vectorises.
+/// Each output is summed in the same order as one row at a time would sum it.
 #[inline(always)]
 fn attend_any(_: Isa, qkv: &[f32], out: &mut [f32], h: usize, heads: usize) {
     let len = out.len() / h;
     let d = h / heads;
     let scale = 1.0 / (d as f32).sqrt();
     let lanes = len.div_ceil(LANES);
+    let row = |i: usize| &qkv[i * 3 * h..(i + 1) * 3 * h];
     // keys[e * lanes + j / LANES][j % LANES]: K^T of one head, so that a row of scores is a
     // sum of scaled rows of it; the padding stays zero.
     let mut keys = vec![[0f32; LANES]; d * lanes];
-    let mut scores = vec![[0f32; LANES]; lanes];
+    // scores[t * lanes + j / LANES][j % LANES]: query row `i0 + t` against key `j`.
+    let mut scores = vec![[0f32; LANES]; ROWS * lanes];
     for head in 0..heads {
-        for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
-            for (e, &v) in row[h + head * d..h + head * d + d].iter().enumerate() {
+        for (j, r) in qkv.chunks_exact(3 * h).enumerate() {
+            for (e, &v) in r[h + head * d..h + head * d + d].iter().enumerate() {
                 keys[e * lanes + j / LANES][j % LANES] = v;
             }
         }
-        for (i, q) in qkv.chunks_exact(3 * h).enumerate() {
-            let q = &q[head * d..head * d + d];
+        for i0 in (0..len).step_by(ROWS) {
+            let rows = ROWS.min(len - i0);
+            // Rows past the end repeat the last one; their results are not used.
+            let q: [&[f32]; ROWS] = std::array::from_fn(|t| &row(i0 + t.min(rows - 1))[head * d..head * d + d]);
             // Accumulators are locals (registers), not memory, so that the loops vectorise.
-            for (jc, s) in scores.iter_mut().enumerate() {
-                let mut acc = [0f32; LANES];
-                for (e, &qv) in q.iter().enumerate() {
-                    for (a, k) in acc.iter_mut().zip(&keys[e * lanes + jc]) {
-                        *a += qv * k;
+            for jc in 0..lanes {
+                let mut acc = [[0f32; LANES]; ROWS];
+                for e in 0..d {
+                    let k = &keys[e * lanes + jc];
+                    for (acc, q) in acc.iter_mut().zip(&q) {
+                        for (a, k) in acc.iter_mut().zip(k) {
+                            *a += q[e] * k;
+                        }
                     }
                 }
-                *s = acc;
+                for (t, acc) in acc.iter().enumerate() {
+                    scores[t * lanes + jc] = *acc;
+                }
             }
-            softmax(&mut scores, len, scale);
-            let ctx = &mut out[i * h + head * d..i * h + head * d + d];
-            let v_at = |row: &[f32], e: usize| row[2 * h + head * d + e];
-            let mut ctx_lanes = ctx.chunks_exact_mut(LANES);
-            for (lane, c) in (&mut ctx_lanes).enumerate() {
-                let mut acc = [0f32; LANES];
-                for (j, row) in qkv.chunks_exact(3 * h).enumerate() {
-                    let p = scores[j / LANES][j % LANES];
-                    let v: &Lane = row[2 * h + head * d + lane * LANES..][..LANES].try_into().expect("a whole lane");
-                    for (a, v) in acc.iter_mut().zip(v) {
-                        *a += p * v;
+            for scores in scores.chunks_exact_mut(lanes).take(rows) {
+                softmax(scores, len, scale);
+            }
+            let p = |t: usize, j: usize| scores[t.min(rows - 1) * lanes + j / LANES][j % LANES];
+            for lane in 0..d / LANES {
+                let mut acc = [[0f32; LANES]; ROWS];
+                for j in 0..len {
+                    let v: &Lane = row(j)[2 * h + head * d + lane * LANES..][..LANES].try_into().expect("a whole lane");
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let p = p(t, j);
+                        for (a, v) in acc.iter_mut().zip(v) {
+                            *a += p * v;
+                        }
                     }
                 }
-                c.copy_from_slice(&acc);
+                for (t, acc) in acc.iter().enumerate().take(rows) {
+                    let at = (i0 + t) * h + head * d + lane * LANES;
+                    out[at..at + LANES].copy_from_slice(acc);
+                }
             }
             let done = d / LANES * LANES;
-            for (e, c) in ctx_lanes.into_remainder().iter_mut().enumerate() {
-                *c = qkv
-                    .chunks_exact(3 * h)
-                    .enumerate()
-                    .map(|(j, row)| scores[j / LANES][j % LANES] * v_at(row, done + e))
-                    .sum();
+            for t in 0..rows {
+                for e in done..d {
+                    out[(i0 + t) * h + head * d + e] = (0..len).map(|j| p(t, j) * row(j)[2 * h + head * d + e]).sum();
+                }
             }
         }
     }

@@ -1,16 +1,17 @@
 //! Dense `x[m, k] · W^T` for inference with a weight matrix packed once at load time: an
 //! AVX-512 microkernel (12 rows x 32 columns in 24 registers), an AVX2+FMA one and a portable
 //! one, chosen at run time, rows split across rayon's threads, and a per-row-block epilogue
-//! (bias, activation, residual, layer norm) run while the block is still in cache.
+//! (bias, activation, residual, layer norm) run while the block is still in cache. The kernels
+//! broadcast each input straight from its row of `x`; only the weights are packed.
 
 use rayon::prelude::*;
 
-/// Rows of `x` per microkernel tile (the packed `x` panel's width).
+/// Rows of `x` per microkernel tile.
 pub(crate) const MR: usize = 12;
 /// Output columns per microkernel tile (the packed weight panel's width): two AVX-512 vectors.
 pub(crate) const NR: usize = 32;
-/// Inputs per packed block: a `KC x NR` weight panel (32 KiB) and a `KC x MR` input panel
-/// (12 KiB) fit in a 48 KiB L1 together (192 and 384 measured the same within noise).
+/// Inputs per block: a `KC x NR` weight panel (32 KiB) is kept in L1 while it is swept over
+/// the rows (128 and 192 measured the same within noise on a Zen 4 with a 32 KiB L1).
 pub(crate) const KC: usize = 256;
 
 /// The instruction sets the kernels are written for, best first.
@@ -216,10 +217,11 @@ multiversion! {
     fn block(a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize, epilogue: Epilogue<'_>) => block_any
 }
 
-/// The rows `first..` of `c` from the matching rows `a`, blocked as GotoBLAS does: for each
-/// block of [`KC`] inputs the rows are packed into [`MR`]-row panels (kept in L2), and each
-/// `KC x NR` weight panel (AVX-512) or `KC x 16` half panel (the others), kept in L1, is swept
-/// over all of them. Then `epilogue` on each block of [`MR`] rows.
+/// The rows `first..` of `c` from the matching rows `a`, blocked as GotoBLAS does except that
+/// the rows are not packed: for each block of [`KC`] inputs, each `KC x NR` weight panel
+/// (AVX-512) or `KC x 16` half panel (the others), kept in L1, is swept over all the rows in
+/// tiles of [`MR`], the kernels broadcasting straight from the rows (on MiniLM packing them
+/// cost more than it saved). Then `epilogue` on each block of [`MR`] rows.
 #[inline(always)]
 fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize, epilogue: Epilogue<'_>) {
     let (n, k) = (w.n, w.k);
@@ -229,33 +231,19 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
     // Tiles are written straight into `c` unless the last one would overhang its rows.
     let padded = n_panels * NR;
     let mut scratch = if padded == n { Vec::new() } else { vec![0f32; m * padded] };
-    let mut packed = vec![0f32; panels * MR * KC.min(k)];
     let mut kb = 0;
-    loop {
+    while kb < k {
         let kc = KC.min(k - kb);
-        // x panels, k-major: packed[panel][p * MR + r] = a[panel * MR + r][kb + p]; missing
-        // rows are zeros.
-        // One column of the panel at a time: MR loads, one contiguous store (a row-at-a-time
-        // loop becomes a slow scatter).
-        for (panel, out) in packed.chunks_exact_mut(MR * kc.max(1)).take(panels).enumerate() {
-            let rows = MR.min(m - panel * MR);
-            let src: [&[f32]; MR] = std::array::from_fn(|r| &a[(panel * MR + r.min(rows - 1)) * k + kb..][..kc]);
-            for (p, out) in out.chunks_exact_mut(MR).enumerate() {
-                let mut col: [f32; MR] = std::array::from_fn(|r| src[r][p]);
-                // Rows past the end read the last row again (`src` is clamped); zero them.
-                col[rows..].fill(0.0);
-                out.copy_from_slice(&col);
-            }
-        }
         let (target, ldc): (&mut [f32], usize) = if padded == n { (&mut *c, n) } else { (&mut scratch, padded) };
+        // The rows of tile `panel`, from input `kb` on.
+        let rows_of = |panel: usize| (MR.min(m - panel * MR), &a[panel * MR * k + kb..]);
         if isa == Isa::Avx512 {
-            // A whole 32 KiB panel per sweep, for a 48 KiB L1.
+            // A whole 32 KiB panel per sweep.
             for j in 0..n_panels {
                 let b = [w.half(2 * j, kb, kc), w.half(2 * j + 1, kb, kc)];
                 for panel in 0..panels {
-                    let rows = MR.min(m - panel * MR);
-                    let a = &packed[panel * MR * kc..(panel + 1) * MR * kc];
-                    tile(isa, kc, a, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
+                    let (rows, a) = rows_of(panel);
+                    tile(isa, kc, a, k, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
                 }
             }
         } else {
@@ -263,16 +251,15 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
             for h in 0..2 * n_panels {
                 let b = w.half(h, kb, kc);
                 for panel in 0..panels {
-                    let rows = MR.min(m - panel * MR);
-                    let a = &packed[panel * MR * kc..(panel + 1) * MR * kc];
-                    half_tile(isa, kc, a, b, &mut target[panel * MR * ldc + h * HALF..], ldc, rows, kb > 0);
+                    let (rows, a) = rows_of(panel);
+                    half_tile(isa, kc, a, k, b, &mut target[panel * MR * ldc + h * HALF..], ldc, rows, kb > 0);
                 }
             }
         }
         kb += kc;
-        if kb >= k {
-            break;
-        }
+    }
+    if k == 0 {
+        (if padded == n { &mut *c } else { &mut scratch[..] }).fill(0.0);
     }
     if padded != n {
         for (c, s) in c.chunks_exact_mut(n).zip(scratch.chunks_exact(padded)) {
@@ -284,66 +271,94 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
     }
 }
 
-/// One `rows x NR` tile: `c[r * ldc + h * 16 + j] (+)= sum_p a[p * MR + r] * b[h][p * 16 + j]`,
-/// added to what `c` holds when `accumulate`.
+/// One `rows x NR` tile: `c[r * ldc + h * 16 + j] (+)= sum_p a[r * lda + p] * b[h][p * 16 + j]`
+/// for `p < k`, added to what `c` holds when `accumulate`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile(isa: Isa, k: usize, a: &[f32], b: [&[f32]; 2], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
-    assert!(a.len() >= k * MR && b[0].len() >= k * HALF && b[1].len() >= k * HALF && rows <= MR);
+fn tile(
+    isa: Isa,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: [&[f32]; 2],
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    accumulate: bool,
+) {
+    assert!((1..=MR).contains(&rows) && k <= lda && a.len() >= (rows - 1) * lda + k);
+    assert!(b[0].len() >= k * HALF && b[1].len() >= k * HALF);
     assert!(b.iter().all(|b| b.as_ptr().addr().is_multiple_of(64)), "half panels come from PackedWeight::half");
-    assert!(rows == 0 || c.len() >= (rows - 1) * ldc + NR);
+    assert!(c.len() >= (rows - 1) * ldc + NR);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 was detected (see `has_avx512`); the asserts above bound every read of
         // `a` and `b` and every write of `c` the kernel makes, and align `b` for its loads.
         Isa::Avx512 => unsafe {
-            x86::tile_avx512(k, a.as_ptr(), [b[0].as_ptr(), b[1].as_ptr()], c.as_mut_ptr(), ldc, rows, accumulate)
+            x86::tile_avx512(k, a.as_ptr(), lda, [b[0].as_ptr(), b[1].as_ptr()], c.as_mut_ptr(), ldc, rows, accumulate)
         },
         _ => {
             for (h, b) in b.into_iter().enumerate() {
-                half_tile(isa, k, a, b, &mut c[h * HALF..], ldc, rows, accumulate);
+                half_tile(isa, k, a, lda, b, &mut c[h * HALF..], ldc, rows, accumulate);
             }
         }
     }
 }
 
-/// One `rows x 16` tile: `c[r * ldc + j] (+)= sum_p a[p * MR + r] * b[p * 16 + j]`, added to
-/// what `c` holds when `accumulate`.
+/// One `rows x 16` tile: `c[r * ldc + j] (+)= sum_p a[r * lda + p] * b[p * 16 + j]` for
+/// `p < k`, added to what `c` holds when `accumulate`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn half_tile(isa: Isa, k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
-    assert!(a.len() >= k * MR && b.len() >= k * HALF && rows <= MR);
+fn half_tile(
+    isa: Isa,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    accumulate: bool,
+) {
+    assert!((1..=MR).contains(&rows) && k <= lda && a.len() >= (rows - 1) * lda + k);
+    assert!(b.len() >= k * HALF);
     assert!(b.as_ptr().addr().is_multiple_of(64), "half panels come from PackedWeight::half");
-    assert!(rows == 0 || c.len() >= (rows - 1) * ldc + HALF);
+    assert!(c.len() >= (rows - 1) * ldc + HALF);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA were detected (AVX-512 CPUs have both); the asserts above bound
         // every access and align `b` for its loads.
         Isa::Avx2 | Isa::Avx512 => unsafe {
-            x86::tile_avx2(k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate)
+            x86::tile_avx2(k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate)
         },
-        _ => half_tile_portable(k, a, b, c, ldc, rows, accumulate),
+        _ => half_tile_portable(k, a, lda, b, c, ldc, rows, accumulate),
     }
 }
 
 /// [`half_tile`] in plain Rust.
 #[inline(always)]
-fn half_tile_portable(k: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, accumulate: bool) {
-    let mut acc = [[0f32; HALF]; MR];
-    if accumulate {
-        for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+#[allow(clippy::too_many_arguments)]
+fn half_tile_portable(
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    accumulate: bool,
+) {
+    for r in 0..rows {
+        let mut acc = [0f32; HALF];
+        if accumulate {
             acc.copy_from_slice(&c[r * ldc..r * ldc + HALF]);
         }
-    }
-    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(HALF)).take(k) {
-        for (acc, &av) in acc.iter_mut().zip(a) {
+        for (&av, b) in a[r * lda..r * lda + k].iter().zip(b.chunks_exact(HALF)) {
             for (acc, &bv) in acc.iter_mut().zip(b) {
                 *acc += av * bv;
             }
         }
-    }
-    for (r, acc) in acc.iter().enumerate().take(rows) {
-        c[r * ldc..r * ldc + HALF].copy_from_slice(acc);
+        c[r * ldc..r * ldc + HALF].copy_from_slice(&acc);
     }
 }
 
@@ -355,23 +370,27 @@ mod x86 {
     use super::{HALF, MR};
 
     /// The 12x32 tile in 24 zmm accumulators: per `p`, a load of each half panel and 12
-    /// broadcasts of the `x` panel feed 24 FMAs.
+    /// broadcasts, one from each row of `a`, feed 24 FMAs.
     ///
     /// # Safety
-    /// AVX-512F must be available; `a` must hold `k * MR` values, `b[0]` and `b[1]` `k * 16`
-    /// each, and `c` must be readable and writable at `r * ldc + j` for `r < rows <= MR`,
-    /// `j < NR`.
+    /// AVX-512F must be available; `a` must hold `(rows - 1) * lda + k` values, `b[0]` and
+    /// `b[1]` `k * 16` each on a 64-byte boundary, and `c` must be readable and writable at
+    /// `r * ldc + j` for `r < rows`, `j < NR`; `1 <= rows <= MR`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_avx512(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: [*const f32; 2],
         c: *mut f32,
         ldc: usize,
         rows: usize,
         accumulate: bool,
     ) {
+        // Rows past `rows` read the last row again and are never stored.
+        // SAFETY: r.min(rows - 1) < rows: a row the caller lets us read.
+        let a: [*const f32; MR] = std::array::from_fn(|r| a.add(r.min(rows - 1) * lda));
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         if accumulate {
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -384,12 +403,11 @@ mod x86 {
         }
         for p in 0..k {
             // SAFETY (all pointer reads in this loop): p < k, so p * 16 + 16 <= k * 16 and
-            // p * MR + r < k * MR.
+            // every row pointer plus p stays inside its row's first k values.
             let b0 = _mm512_load_ps(b[0].add(p * HALF));
             let b1 = _mm512_load_ps(b[1].add(p * HALF));
-            let a = a.add(p * MR);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
+            for (a, acc) in a.iter().zip(acc.iter_mut()) {
+                let av = _mm512_set1_ps(*a.add(p));
                 acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }
@@ -404,17 +422,19 @@ mod x86 {
     }
 
     /// The 12x16 tile as two 6x16 AVX2 tiles (12 ymm accumulators each): per `p`, two
-    /// aligned loads of the half panel's line and six broadcasts feed 12 FMAs.
+    /// aligned loads of the half panel's line and six broadcasts, one from each row of `a`,
+    /// feed 12 FMAs.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `a` must hold `k * MR` values, `b` `k * 16` on a 32-byte
-    /// boundary, and `c` must be readable and writable at `r * ldc + j` for `r < rows <= MR`,
-    /// `j < 16`.
+    /// AVX2 and FMA must be available; `a` must hold `(rows - 1) * lda + k` values, `b`
+    /// `k * 16` on a 32-byte boundary, and `c` must be readable and writable at `r * ldc + j`
+    /// for `r < rows`, `j < 16`; `1 <= rows <= MR`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_avx2(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -422,10 +442,10 @@ mod x86 {
         accumulate: bool,
     ) {
         const R: usize = 6;
-        for r0 in (0..MR).step_by(R) {
-            if r0 >= rows {
-                break;
-            }
+        for r0 in (0..rows).step_by(R) {
+            // Rows past `rows` read the last row again and are never stored.
+            // SAFETY: (r0 + r).min(rows - 1) < rows: a row the caller lets us read.
+            let a: [*const f32; R] = std::array::from_fn(|r| a.add((r0 + r).min(rows - 1) * lda));
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             if accumulate {
                 for (r, acc) in acc.iter_mut().enumerate() {
@@ -437,13 +457,12 @@ mod x86 {
                 }
             }
             for p in 0..k {
-                // SAFETY: p < k and r0 + r < MR keep the reads in bounds; `b` is 32-byte aligned
-                // and p * 16 floats are 64 p bytes.
+                // SAFETY: p < k keeps the reads of every row and of `b` in bounds; `b` is
+                // 32-byte aligned and p * 16 floats are 64 p bytes.
                 let b0 = _mm256_load_ps(b.add(p * HALF));
                 let b1 = _mm256_load_ps(b.add(p * HALF + 8));
-                let a = a.add(p * MR + r0);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(r));
+                for (a, acc) in a.iter().zip(acc.iter_mut()) {
+                    let av = _mm256_set1_ps(*a.add(p));
                     acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                 }

@@ -43,6 +43,8 @@ pub enum Error {
     MaxSeqLength { max_seq_length: usize, max_position_embeddings: usize },
     #[error("unsupported model: {reason}")]
     UnsupportedModel { reason: String },
+    #[error("{}={value:?} is not an instruction set: expected avx512, avx2 or portable", crate::ISA_ENV)]
+    InvalidIsa { value: String },
     #[error("batch_size must be at least 1")]
     ZeroBatchSize,
     #[error("no term occurs in at least {min_df} of the {documents} training documents")]

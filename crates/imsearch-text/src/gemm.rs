@@ -14,8 +14,15 @@ pub(crate) const NR: usize = 32;
 /// the rows (128 and 192 measured the same within noise on a Zen 4 with a 32 KiB L1).
 pub(crate) const KC: usize = 256;
 
-/// The instruction sets the kernels are written for, best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The environment variable that caps the instruction set MiniLM's kernels use: `avx2` or
+/// `portable` (or `avx512`, the same as unset), never above what the CPU has. For measuring a
+/// slower machine's path on a faster one, as PyTorch's `ATEN_CPU_CAPABILITY`; the outputs are
+/// the same within the tests' tolerance whichever path runs.
+pub const ISA_ENV: &str = "IMSEARCH_TEXT_ISA";
+
+/// The instruction sets the kernels are written for, best first (so the slower of two is the
+/// larger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Isa {
     Avx512,
     Avx2,
@@ -47,6 +54,18 @@ impl Isa {
             }
         }
         Isa::Portable
+    }
+
+    /// [`Isa::detect`] capped by `cap`, the value of [`ISA_ENV`] when it is set.
+    pub(crate) fn capped(cap: Option<&str>) -> crate::Result<Self> {
+        let best = Self::detect();
+        let cap = match cap {
+            None | Some("avx512") => return Ok(best),
+            Some("avx2") => Isa::Avx2,
+            Some("portable") => Isa::Portable,
+            Some(other) => return Err(crate::Error::InvalidIsa { value: other.to_owned() }),
+        };
+        Ok(best.max(cap))
     }
 
     /// Every instruction set this CPU supports (for tests).
@@ -535,6 +554,18 @@ mod tests {
     #[test]
     fn detect_is_among_the_available() {
         assert!(Isa::available().contains(&Isa::detect()));
+    }
+
+    #[test]
+    fn a_cap_never_raises_the_instruction_set() {
+        let best = Isa::detect();
+        assert_eq!(Isa::capped(None).unwrap(), best);
+        assert_eq!(Isa::capped(Some("avx512")).unwrap(), best);
+        assert_eq!(Isa::capped(Some("portable")).unwrap(), Isa::Portable);
+        let avx2 = Isa::capped(Some("avx2")).unwrap();
+        assert!(avx2 != Isa::Avx512 && Isa::available().contains(&avx2));
+        let err = Isa::capped(Some("sse2")).unwrap_err().to_string();
+        assert!(err.contains(ISA_ENV) && err.contains("sse2"), "{err}");
     }
 
     /// The epilogues against their definitions, on rows split across blocks and threads.

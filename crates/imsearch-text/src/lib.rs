@@ -17,5 +17,6 @@ mod tfidf;
 
 pub use bert::BertConfig;
 pub use error::{Error, Result};
+pub use gemm::ISA_ENV;
 pub use minilm::{l2_normalize, mean_pool, MiniLm, MiniLmFiles, MiniLmOptions};
 pub use tfidf::{tokenize, SparseRow, Tfidf, TfidfOptions};

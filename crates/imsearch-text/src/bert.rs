@@ -159,7 +159,7 @@ impl Bert {
             })
             .collect::<Result<_>>()?;
         Ok(Bert {
-            isa: Isa::capped(std::env::var_os(gemm::ISA_ENV).map(|v| v.to_string_lossy().into_owned()).as_deref())?,
+            isa: Isa::from_env()?,
             hidden: h,
             heads: cfg.num_attention_heads,
             eps: cfg.layer_norm_eps as f32,

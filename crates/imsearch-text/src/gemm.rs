@@ -56,6 +56,11 @@ impl Isa {
         Isa::Portable
     }
 
+    /// [`Isa::detect`] capped by [`ISA_ENV`] when it is set.
+    pub(crate) fn from_env() -> crate::Result<Self> {
+        Self::capped(std::env::var_os(ISA_ENV).map(|v| v.to_string_lossy().into_owned()).as_deref())
+    }
+
     /// [`Isa::detect`] capped by `cap`, the value of [`ISA_ENV`] when it is set.
     pub(crate) fn capped(cap: Option<&str>) -> crate::Result<Self> {
         let best = Self::detect();
@@ -278,7 +283,8 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
         kb += kc;
     }
     if k == 0 {
-        (if padded == n { &mut *c } else { &mut scratch[..] }).fill(0.0);
+        // No inputs: every product is zero (the scratch, when used, starts at zero).
+        c.fill(0.0);
     }
     if padded != n {
         for (c, s) in c.chunks_exact_mut(n).zip(scratch.chunks_exact(padded)) {

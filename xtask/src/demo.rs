@@ -115,8 +115,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         intro: format!(
             "Each of {n} test queries drawn at random (seed {seed}) against the {n_images} test images, ranked by the \
              engine: {name} (the saved engine of `cargo xtask eval`, {members} fusion models); each score is the \
-             probability that the photo matches the query (0 to 1, calibrated on graded validation pairs). Green frame: the correct image, the one the query was written for; when it ranks \
-             below the top {top}, it is shown last with its rank. Compliance: a query that names a child gets the \
+             probability that the photo matches the query (0 to 1, calibrated on graded validation pairs; estimated \
+             for each photo on its own, apart from the ranking, so a photo lower in the list can score a little \
+             higher). Green frame: the correct image, the one the query was written for; when it ranks below the top \
+             {top}, it is shown last with its rank. Compliance: a query that names a child gets the \
              disclaimer and no images; an image the image policy blocks is replaced by the disclaimer and keeps its \
              rank. The whole contact sheet is demo.png in this folder."
         ),

@@ -367,7 +367,8 @@ fn print_results(
         ),
         None => println!(
             "query: {query:?}, ranked by the engine ({}) in {:.0} ms; match: the probability that the photo \
-             matches, calibrated on graded pairs\n",
+             matches, calibrated on graded pairs (estimated for each photo on its own, apart from the ranking: \
+             it mostly falls with the rank, not strictly)\n",
             searcher.engine().name(),
             elapsed.as_secs_f64() * 1e3
         ),

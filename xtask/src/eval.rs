@@ -39,6 +39,11 @@ pub(crate) struct Args {
     /// validation.
     #[arg(long)]
     pub(crate) no_neighbour_views: bool,
+    /// Train the dual-encoder members without each training image's most probable ImageNet
+    /// class sentence as one more positive (the default trains with it, chosen on the pooled
+    /// validation captions; docs/results.md). For comparing the two on validation.
+    #[arg(long)]
+    pub(crate) no_class_positives: bool,
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -67,6 +72,7 @@ fn evaluate(args: &Args) -> Result<Metrics> {
             true => Vec::new(),
             false => pipeline.embed.train_view_names(),
         },
+        class_positives: !args.no_class_positives,
     };
     let heads = engine::heads(pipeline)?;
     let dir = engine::engine_dir(pipeline);

@@ -142,15 +142,30 @@ impl Pipeline {
     }
 }
 
-/// `cargo xtask train` reads the pipeline and nothing else.
-pub(crate) type Args = Pipeline;
+/// `cargo xtask train`: the pipeline, and whether the class sentences are positives too.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) pipeline: Pipeline,
+    /// Each training image's most probable ImageNet class sentence (by the image encoders' own
+    /// classifiers) as one more contrastive positive, as the engine's dual-encoder members
+    /// train (issue 16; docs/results.md).
+    #[arg(long)]
+    pub(crate) class_positives: bool,
+}
 
 pub(crate) fn run(args: &Args) -> Result<()> {
-    let ds = args.dataset()?;
-    let emb = embed::embed_all(&ds, &args.models.store()?, &args.embed)?;
-    let data = prepare(&ds, &emb, &args.train)?;
+    let pipeline = &args.pipeline;
+    let ds = pipeline.dataset()?;
+    let emb = embed::embed_all(&ds, &pipeline.models.store()?, &pipeline.embed)?;
+    let mut data = prepare(&ds, &emb, &pipeline.train)?;
+    let mut checkpoints = pipeline.checkpoints(false);
+    if args.class_positives {
+        data = data.with_class_positives(&caches(&emb), &crate::engine::heads(pipeline)?)?;
+        checkpoints.options.class_positives = true;
+    }
     println!("{}", data.counts);
-    let (_, report, dir) = args.checkpoints(false).train(&data, args.train.seed, &mut printer())?;
+    let (_, report, dir) = checkpoints.train(&data, pipeline.train.seed, &mut printer())?;
     println!(
         "best epoch {} of {}, validation MRR {:.3}; checkpoint in {}",
         report.best_epoch,

@@ -48,6 +48,33 @@ impl ClassifierHead {
     }
 }
 
+/// `(m, sum of dims)` features -> `(m, classes)`: each head's softmax of its slice of the
+/// features at `temperature`, summed over the heads (divide by their number for the mean).
+fn summed_probabilities(heads: &[ClassifierHead], images: &Tensor, temperature: f64) -> Result<Tensor> {
+    let mut probs: Option<Tensor> = None;
+    let mut offset = 0;
+    for head in heads {
+        let logits = head.logits(&images.narrow(1, offset, head.dim())?.contiguous()?)?;
+        let p = candle_nn::ops::softmax_last_dim(&(logits / temperature)?)?;
+        probs = Some(match probs {
+            Some(acc) => (acc + p)?,
+            None => p,
+        });
+        offset += head.dim();
+    }
+    probs.ok_or_else(|| Error::Invalid("class probabilities need at least one classifier".into()))
+}
+
+/// The most probable ImageNet class of each row of `(m, sum of dims)` features, by the heads'
+/// mean softmax at temperature 1 ([`summed_probabilities`]); ties go to the lower class.
+pub fn top_classes(heads: &[ClassifierHead], images: &Tensor) -> Result<Vec<usize>> {
+    let probs = summed_probabilities(heads, images, 1.0)?.to_vec2::<f32>()?;
+    Ok(probs
+        .iter()
+        .map(|row| row.iter().enumerate().fold((0, f32::MIN), |best, (c, &v)| if v > best.1 { (c, v) } else { best }).0)
+        .collect())
+}
+
 /// An image's ImageNet class probabilities (each encoder's classifier at a softmax temperature,
 /// averaged) carried into text space as the probability-weighted mean of the MiniLM embeddings
 /// of the class texts; the score is its cosine with the query.
@@ -79,18 +106,7 @@ impl Bridge {
 
     /// `(m, sum of dims)` features -> `(m, text_dim)` unit rows in text space.
     fn text_space(&self, images: &Tensor) -> Result<Tensor> {
-        let mut probs: Option<Tensor> = None;
-        let mut offset = 0;
-        for head in &self.heads {
-            let logits = head.logits(&images.narrow(1, offset, head.dim())?.contiguous()?)?;
-            let p = candle_nn::ops::softmax_last_dim(&(logits / self.temperature)?)?;
-            probs = Some(match probs {
-                Some(acc) => (acc + p)?,
-                None => p,
-            });
-            offset += head.dim();
-        }
-        let v = probs.expect("at least one head").matmul(&self.classes)?;
+        let v = summed_probabilities(&self.heads, images, self.temperature)?.matmul(&self.classes)?;
         Ok(v.broadcast_div(&v.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?)
     }
 

@@ -40,7 +40,7 @@ mod store;
 mod web;
 
 pub use baselines::{Random, Regressor};
-pub use bridge::{Bridge, ClassifierHead};
+pub use bridge::{top_classes, Bridge, ClassifierHead};
 pub use engine::{
     layout_name, match_features, Calibration, ClassTexts, Engine, EngineData, ImagePart, MemberRecipe, MemberSpec,
     Recipe, DUAL_ENCODER_VIEWS, ENGINE_FORMAT, ENGINE_SCORER,

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Per image, its nearest gallery images and their weights, `per_image` of each, flat (8
-/// bytes a neighbour; 320 bytes an image for the default 40 neighbours).
+/// bytes a neighbour; 40 bytes an image for the default 5 neighbours).
 #[derive(Debug, Clone)]
 pub(crate) struct Votes {
     per_image: usize,

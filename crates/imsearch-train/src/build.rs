@@ -13,7 +13,7 @@ use imsearch_fusion::PairSet;
 
 use crate::{
     select::{all_images_job, run_jobs, training_workers, Job},
-    Checkpoints, Embeddings, Error, Event, Result, TrainingData, CONFIRMED,
+    Checkpoints, Embeddings, Error, Event, Result, TrainOptions, TrainingData, CONFIRMED,
 };
 
 /// What an engine is built from: the training data, the embeddings (for the class texts) and
@@ -40,7 +40,9 @@ pub fn default_recipe(layout: &[ImagePart], views: &[String]) -> Recipe {
         recipe.members.retain(|m| m.encoders.is_empty());
     }
     if recipe.members.iter().all(|m| m.dual_encoder.is_some()) {
-        recipe.members.insert(0, MemberRecipe { encoders: Vec::new(), epochs, dual_encoder: None });
+        recipe
+            .members
+            .insert(0, MemberRecipe { encoders: Vec::new(), epochs, dual_encoder: None, class_positives: false });
     }
     if !recipe.neighbour_views.iter().all(|v| views.contains(v)) {
         recipe.neighbour_views.clear();
@@ -61,14 +63,26 @@ pub fn build(
     dir: &Path,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Engine> {
-    let (p, seed) = (src.data, checkpoints.options.seed);
     let start = Instant::now();
+    let seed = checkpoints.options.seed;
+    // The class sentences as positives, for the members trained with them.
+    let with_classes;
+    let p = match recipe.members.iter().any(|m| m.class_positives) && src.data.class_positives.is_empty() {
+        true => {
+            with_classes = src.data.clone().with_class_positives(src.embeddings, src.heads)?;
+            &with_classes
+        }
+        false => src.data,
+    };
     // Each member's checkpoints and the data it reads (one encoder's columns, or all).
     let mut plans: Vec<(Checkpoints, Option<TrainingData>)> = Vec::with_capacity(recipe.members.len());
     for m in &recipe.members {
         let checkpoints = match &m.dual_encoder {
-            Some(views) => checkpoints.dual(views.clone()),
-            None => checkpoints.clone(),
+            Some(views) => checkpoints.dual(views.clone(), m.class_positives),
+            None => {
+                let options = TrainOptions { class_positives: m.class_positives, ..checkpoints.options.clone() };
+                Checkpoints { options, ..checkpoints.clone() }
+            }
         };
         plans.push(match m.encoders.as_slice() {
             [] => (checkpoints, None),

@@ -69,6 +69,9 @@ pub struct TrainOptions {
     pub positive_label: Option<f32>,
     /// Weight of the pairs labelled 0 in the label cross-entropy ([`TrainConfig::negative_weight`]).
     pub negative_weight: f64,
+    /// Each training image's most probable ImageNet class sentence is one more contrastive
+    /// positive ([`TrainingData::class_positives`], which must then be filled).
+    pub class_positives: bool,
 }
 
 impl Default for TrainOptions {
@@ -94,6 +97,7 @@ impl Default for TrainOptions {
             cosine_epochs: tc.cosine_epochs,
             positive_label: tc.positive_label,
             negative_weight: tc.negative_weight,
+            class_positives: false,
         }
     }
 }
@@ -186,7 +190,8 @@ impl TrainOptions {
         } else {
             format!(" + negative_weight: {:?}", self.negative_weight)
         };
-        legacy + &added + &label + &negatives
+        let classes = if self.class_positives { " + class_positives" } else { "" };
+        legacy + &added + &label + &negatives + classes
     }
 }
 
@@ -231,10 +236,11 @@ impl Checkpoints {
     }
 
     /// The dual-encoder recipe ([`TrainOptions::dual_encoder`]) on these encoders, split and
-    /// views.
-    pub fn dual(&self, views: Vec<String>) -> Checkpoints {
+    /// views, with or without the class sentences as positives.
+    pub fn dual(&self, views: Vec<String>, class_positives: bool) -> Checkpoints {
         let options = TrainOptions {
             train_fraction: self.options.train_fraction,
+            class_positives,
             ..TrainOptions::dual_encoder(self.options.seed, views)
         };
         Checkpoints { options, ..self.clone() }
@@ -293,6 +299,7 @@ impl Checkpoints {
         let tc = TrainConfig { seed: init_seed, ..self.options.train_config() };
         let (model, dir) = (&data.image_encoder, self.split_dir_with(init_seed));
         let views = data.views(&self.options.train_views)?;
+        let train = self.with_class_positives(data, data.train.clone())?;
         on_event(Event::Training { model, epochs: tc.max_epochs, all_images: false });
         let start = Instant::now();
         let (model, tensors, report) = imsearch_fusion::train_with_views(
@@ -301,7 +308,7 @@ impl Checkpoints {
             &data.images,
             &views,
             &data.texts,
-            &data.train,
+            &train,
             &data.validation,
             |e| on_event(Event::Epoch { report: e, all_images: false }),
         )?;
@@ -357,6 +364,7 @@ impl Checkpoints {
         all.positives.extend(&data.validation.positives);
         all.positives.extend(data.validation.pairs.iter().filter(|x| x.2 >= CONFIRMED).map(|&(i, t, _)| (t, i)));
         all.candidates.extend(&data.validation.candidates);
+        let all = self.with_class_positives(data, all)?;
         let tc = TrainConfig { max_epochs: epochs, seed: init_seed, ..self.options.train_config() };
         let model = &data.image_encoder;
         on_event(Event::Training { model, epochs, all_images: true });
@@ -383,6 +391,19 @@ impl Checkpoints {
         });
         model.save(&tensors, &dir)?;
         Ok((model, dir))
+    }
+
+    /// `set` with, when the options ask for them, the class positives of its candidate images.
+    fn with_class_positives(&self, data: &TrainingData, mut set: PairSet) -> Result<PairSet> {
+        if !self.options.class_positives {
+            return Ok(set);
+        }
+        if data.class_positives.is_empty() {
+            return Err(Error::NoClassPositives);
+        }
+        let candidates: std::collections::HashSet<usize> = set.candidates.iter().copied().collect();
+        set.positives.extend(data.class_positives.iter().filter(|(_, i)| candidates.contains(i)));
+        Ok(set)
     }
 
     /// Whether the split model has a checkpoint that loads for this data (`retrain` aside).
@@ -470,6 +491,8 @@ mod tests {
         assert!(dual.digest_key().ends_with(" + positive_label: 0.5"), "{}", dual.digest_key());
         let weighted = TrainOptions { negative_weight: 3.0, ..dual.clone() };
         assert_eq!(weighted.digest_key(), dual.digest_key() + " + negative_weight: 3.0");
+        let classes = TrainOptions { class_positives: true, ..weighted.clone() };
+        assert_eq!(classes.digest_key(), weighted.digest_key() + " + class_positives");
         let ck = checkpoints(&ALL, 0);
         assert_ne!(Checkpoints { options: dual, ..ck.clone() }.digest(), ck.digest());
     }

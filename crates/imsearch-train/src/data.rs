@@ -9,7 +9,7 @@ use std::{
 use candle::{Device, Tensor};
 use imsearch_compliance::TextPolicy;
 use imsearch_data::{aggregate, Aggregation, Dataset, ImageSplit};
-use imsearch_engine::{ClassTexts, ImagePart};
+use imsearch_engine::{ClassTexts, ClassifierHead, ImagePart};
 use imsearch_fusion::{FusionConfig, PairSet};
 use imsearch_index::EmbeddingCache;
 use imsearch_types::{GradedPair, ImageId, Split};
@@ -148,6 +148,10 @@ pub struct TrainingData {
     /// with views as augmentation, [`TrainOptions::train_views`]): `(view, matrix)`, rows and
     /// columns as in `images`.
     pub image_views: Vec<(String, Tensor)>,
+    /// `(text row, image row)`: each image (both sides of the split) with the sentence of its
+    /// most probable ImageNet class, for training with [`TrainOptions::class_positives`]; empty
+    /// until [`TrainingData::with_class_positives`] fills it.
+    pub class_positives: Vec<(usize, usize)>,
 }
 
 impl TrainingData {
@@ -256,7 +260,26 @@ impl TrainingData {
             counts,
             image_parts,
             image_views,
+            class_positives: Vec::new(),
         })
+    }
+
+    /// The same data with [`TrainingData::class_positives`]: each image's most probable
+    /// ImageNet class by the mean softmax of `heads` (each encoder's classifier, in the layout's
+    /// order) over the features it is scored with, paired with that class's sentence in `emb`.
+    pub fn with_class_positives(mut self, emb: &Embeddings<'_>, heads: &[ClassifierHead]) -> Result<Self> {
+        let classes = imsearch_engine::top_classes(heads, &self.images)?;
+        let text_row: HashMap<&str, usize> = self.text_ids.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let mut positives = Vec::with_capacity(classes.len());
+        for (image, class) in classes.into_iter().enumerate() {
+            let key = (emb.class_key)(ClassTexts::Sentences, class);
+            let text = text_row
+                .get(key.as_str())
+                .ok_or_else(|| Error::MissingEmbedding { model: self.text_encoder.clone(), key })?;
+            positives.push((*text, image));
+        }
+        self.class_positives = positives;
+        Ok(self)
     }
 
     /// The same pairs with the features of image encoder `part` alone (a member of the fusion

@@ -46,6 +46,11 @@ pub enum Error {
     NoImageEncoder,
     #[error("a fusion model needs at least one epoch of training")]
     NoEpochs,
+    #[error(
+        "the training options ask for class sentences as positives, but the training data has none \
+         (fill them with TrainingData::with_class_positives and the encoders' ImageNet heads)"
+    )]
+    NoClassPositives,
     #[error("image encoder {part} is not in the layout ({encoders} encoders)")]
     NoSuchPart { part: usize, encoders: usize },
     #[error("the recipe's member on {0} has no features in this layout")]

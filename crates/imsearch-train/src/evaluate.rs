@@ -22,7 +22,7 @@ use crate::{
         member_plans, normalised, paired_standard_error, train_missing, validation_matrix, CalibrationReport, Member,
         NeighbourChoice, ValidationSplit,
     },
-    Checkpoints, DataCounts, Embeddings, Error, Event, Result, Sources, TrainingData,
+    Checkpoints, DataCounts, Embeddings, Error, Event, Result, Sources, TrainOptions, TrainingData,
 };
 
 /// What [`evaluate`] trains and tries.
@@ -49,6 +49,9 @@ pub struct EvalConfig {
     /// neighbours' gallery (empty: the features images are scored with):
     /// [`Recipe::neighbour_views`].
     pub neighbour_views: Vec<String>,
+    /// The dual-encoder members trained with each training image's most probable ImageNet
+    /// class sentence as one more positive ([`TrainOptions::class_positives`]).
+    pub class_positives: bool,
 }
 
 /// Validation figures: agreement with the labels and retrieval among validation images.
@@ -129,7 +132,16 @@ pub fn evaluate(
 ) -> Result<Metrics> {
     let ck = &config.checkpoints;
     let seed = ck.options.seed;
-    let p = Arc::new(TrainingData::new(ds, emb, &ck.options)?);
+    // The class positives only where a member trains with them.
+    let class_positives = config.class_positives && !config.dual_encoder_views.is_empty();
+    let data = |options: &TrainOptions| -> Result<TrainingData> {
+        let data = TrainingData::new(ds, emb, options)?;
+        if class_positives {
+            return data.with_class_positives(emb, heads);
+        }
+        Ok(data)
+    };
+    let p = Arc::new(data(&ck.options)?);
     on_event(Event::Data { counts: &p.counts });
 
     let mut entries = vec![Entry::new("random", Arc::new(Random(seed)), p.texts.clone())];
@@ -151,10 +163,12 @@ pub fn evaluate(
     let mut split_data = vec![(p.clone(), ck.clone())];
     for k in 1..u64::from(config.validation_splits) {
         let ck = ck.with_seed(seed + k);
-        split_data.push((Arc::new(TrainingData::new(ds, emb, &ck.options)?), ck));
+        split_data.push((Arc::new(data(&ck.options)?), ck));
     }
-    let plans =
-        split_data.iter().map(|(q, ck)| member_plans(q, ck, config.members, dual)).collect::<Result<Vec<_>>>()?;
+    let plans = split_data
+        .iter()
+        .map(|(q, ck)| member_plans(q, ck, config.members, dual, class_positives))
+        .collect::<Result<Vec<_>>>()?;
     train_missing(&plans, on_event)?;
     let mut plans = plans.into_iter();
     let all_members = fusion_members(&plans.next().ok_or(Error::Empty("no validation split"))?, true, on_event)?;
@@ -287,6 +301,7 @@ pub fn evaluate(
                 encoders: m.encoders.clone(),
                 epochs: m.all.as_ref().map_or(1, |a| a.1),
                 dual_encoder: m.dual_encoder.clone(),
+                class_positives: class_positives && m.dual_encoder.is_some(),
             })
             .collect(),
         weights: w,

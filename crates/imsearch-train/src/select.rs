@@ -91,24 +91,26 @@ pub(crate) struct MemberPlan {
 
 /// The fusion models of one split: the model on every image encoder and, with `members`, one
 /// model per image encoder when there are several; with `dual_views`, the same models trained
-/// with the dual-encoder recipe on those views (with one encoder, that model on it).
+/// with the dual-encoder recipe on those views (with one encoder, that model on it), with the
+/// class sentences as positives when `class_positives` says so.
 pub(crate) fn member_plans(
     p: &Arc<TrainingData>,
     checkpoints: &Checkpoints,
     members: bool,
     dual_views: &[String],
+    class_positives: bool,
 ) -> Result<Vec<MemberPlan>> {
     let whole = |checkpoints: Checkpoints| MemberPlan { data: p.clone(), checkpoints, columns: None };
     let mut out = vec![whole(checkpoints.clone())];
     if !dual_views.is_empty() && p.image_parts.len() > 1 {
-        out.push(whole(checkpoints.dual(dual_views.to_vec())));
+        out.push(whole(checkpoints.dual(dual_views.to_vec(), class_positives)));
     }
     let mut per_encoder = Vec::new();
     if p.image_parts.len() > 1 && members {
         per_encoder.push(checkpoints.clone());
     }
     if !dual_views.is_empty() && (members || p.image_parts.len() == 1) {
-        per_encoder.push(checkpoints.dual(dual_views.to_vec()));
+        per_encoder.push(checkpoints.dual(dual_views.to_vec(), class_positives));
     }
     if !per_encoder.is_empty() {
         let parts = (0..p.image_parts.len()).map(|part| Ok(Arc::new(p.only(part)?))).collect::<Result<Vec<_>>>()?;

@@ -92,7 +92,7 @@ fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize, dual: bool) -> 
     let bridge = Bridge::new(heads, unit_rows(random(&mut rng, (3, text_dim))), 1.0).unwrap();
     let all = layout.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join("+");
     let mut members = vec![(
-        MemberRecipe { encoders: vec![], epochs: 3, dual_encoder: None },
+        MemberRecipe { encoders: vec![], epochs: 3, dual_encoder: None, class_positives: false },
         member(&dir.join("m0"), &all, width, text_dim, 1),
         dir.join("m0"),
     )];
@@ -102,6 +102,7 @@ fn toy_with(dir: &Path, layout: Vec<ImagePart>, text_dim: usize, dual: bool) -> 
                 encoders: vec![last.encoder().to_owned()],
                 epochs: 2,
                 dual_encoder: dual.then(|| vec!["center".to_owned()]),
+                class_positives: dual,
             },
             member(&dir.join("m1"), &last.id, last.dim, text_dim, 2),
             dir.join("m1"),

@@ -207,7 +207,15 @@ fn default_recipe_keeps_the_members_of_the_layout() {
     assert_eq!(default_recipe(&three, &[]).members, fusion_only);
     // One encoder: only the models on every encoder (that is, on it), with the default's epochs.
     let one = default_recipe(&layout(&["efficientnet-lite0"]), &[]);
-    assert_eq!(one.members, [MemberRecipe { encoders: Vec::new(), epochs: all.members[0].epochs, dual_encoder: None }]);
+    assert_eq!(
+        one.members,
+        [MemberRecipe {
+            encoders: Vec::new(),
+            epochs: all.members[0].epochs,
+            dual_encoder: None,
+            class_positives: false
+        }]
+    );
     assert_eq!((one.weights, one.neighbours), (all.weights, all.neighbours));
     let one = default_recipe(&layout(&["efficientnet-lite0"]), &views);
     assert!(one.members.iter().all(|m| m.encoders.is_empty()) && one.members[0].dual_encoder.is_none(), "{one:?}");
@@ -227,8 +235,8 @@ fn an_engine_is_built_from_a_recipe_and_loads() {
     let heads = toy_heads();
     let recipe = Recipe {
         members: vec![
-            MemberRecipe { encoders: vec![], epochs: 2, dual_encoder: None },
-            MemberRecipe { encoders: vec!["b".into()], epochs: 1, dual_encoder: None },
+            MemberRecipe { encoders: vec![], epochs: 2, dual_encoder: None, class_positives: false },
+            MemberRecipe { encoders: vec!["b".into()], epochs: 1, dual_encoder: None, class_positives: false },
         ],
         neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
         neighbour_views: Vec::new(),
@@ -248,8 +256,15 @@ fn an_engine_is_built_from_a_recipe_and_loads() {
     assert!(ck.all_dir(0, 2).join("fusion.json").is_file());
     assert!(ck.only(1).unwrap().all_dir(0, 1).join("fusion.json").is_file());
 
-    let bad =
-        Recipe { members: vec![MemberRecipe { encoders: vec!["c".into()], epochs: 1, dual_encoder: None }], ..recipe };
+    let bad = Recipe {
+        members: vec![MemberRecipe {
+            encoders: vec!["c".into()],
+            epochs: 1,
+            dual_encoder: None,
+            class_positives: false,
+        }],
+        ..recipe
+    };
     let err = build(&sources, bad, &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::MemberNotInLayout(ref e) if e == "c"), "{err}");
 }
@@ -270,14 +285,21 @@ fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
 
     let dir = tempfile::tempdir().unwrap();
     let ck = engine_checkpoints(dir.path());
-    let dual = ck.dual(vec!["v1".into(), "v2".into()]);
+    let dual = ck.dual(vec!["v1".into(), "v2".into()], true);
     assert_eq!((dual.options.hidden_dim, dual.options.positive_batches, dual.options.epochs), (0, true, 30));
+    assert!(dual.options.class_positives);
     assert_ne!(dual.digest(), ck.digest());
+    assert_ne!(dual.digest(), ck.dual(vec!["v1".into(), "v2".into()], false).digest());
     let heads = toy_heads();
     let recipe = Recipe {
         members: vec![
-            MemberRecipe { encoders: vec![], epochs: 1, dual_encoder: None },
-            MemberRecipe { encoders: vec!["b".into()], epochs: 2, dual_encoder: Some(vec!["v1".into(), "v2".into()]) },
+            MemberRecipe { encoders: vec![], epochs: 1, dual_encoder: None, class_positives: false },
+            MemberRecipe {
+                encoders: vec!["b".into()],
+                epochs: 2,
+                dual_encoder: Some(vec!["v1".into(), "v2".into()]),
+                class_positives: true,
+            },
         ],
         neighbours: imsearch_engine::Neighbourhood { k: 2, temperature: 1.0 },
         neighbour_views: vec!["v1".into(), "v2".into()],
@@ -288,7 +310,8 @@ fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
     build(&sources, recipe.clone(), &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap();
     let loaded = Engine::load(&engine_dir, "a@center+b@center", TEXT).unwrap();
     assert_eq!(loaded.recipe(), &recipe);
-    // The dual member's checkpoint is the dual recipe's, a linear projection.
+    // The dual member's checkpoint is the dual recipe's with the class positives (the build
+    // found them with the heads), a linear projection.
     let member = dual.only(1).unwrap().all_dir(0, 2);
     let config = std::fs::read_to_string(member.join("fusion.json")).unwrap();
     assert!(config.contains("\"hidden_dim\": 0"), "{config}");
@@ -296,7 +319,12 @@ fn dual_encoder_members_train_on_the_views_and_build_into_an_engine() {
 
     // A view the embeddings lack is an error naming it, not a model trained without it.
     let missing = Recipe {
-        members: vec![MemberRecipe { encoders: vec!["a".into()], epochs: 1, dual_encoder: Some(vec!["v9".into()]) }],
+        members: vec![MemberRecipe {
+            encoders: vec!["a".into()],
+            epochs: 1,
+            dual_encoder: Some(vec!["v9".into()]),
+            class_positives: false,
+        }],
         ..recipe
     };
     let err = build(&sources, missing, &ck, serde_json::json!({}), &engine_dir, &mut |_| {}).unwrap_err();
@@ -333,4 +361,52 @@ fn the_neighbours_gallery_is_described_by_the_mean_of_its_views() {
     assert!(moved > 0, "{viewed:?}");
     let by_hand = TrainingData { images: data.view_mean(&both).unwrap(), ..data.clone() };
     assert_eq!(scores(neighbours_of(&by_hand, true, hood, &[]).unwrap()), viewed);
+}
+
+/// Each image's class positive is the sentence of the class the heads' mean softmax ranks
+/// first; training with the option needs them.
+#[test]
+fn class_positives_pair_each_image_with_its_top_class_sentence() {
+    let ds = fixture();
+    let caches = Caches::new(&ds);
+    let emb = caches.view();
+    let data = TrainingData::new(&ds, &emb, &TrainOptions::default()).unwrap();
+    assert!(data.class_positives.is_empty());
+    let heads = toy_heads();
+    let with = data.clone().with_class_positives(&emb, &heads).unwrap();
+    let images = data.images.to_vec2::<f32>().unwrap();
+    assert_eq!(with.class_positives.len(), images.len());
+    let softmax = |l: Vec<f32>| -> Vec<f32> {
+        let max = l.iter().copied().fold(f32::MIN, f32::max);
+        let e: Vec<f32> = l.iter().map(|v| (v - max).exp()).collect();
+        let total: f32 = e.iter().sum();
+        e.into_iter().map(|v| v / total).collect()
+    };
+    let mut classes = std::collections::BTreeSet::new();
+    for &(text, image) in &with.class_positives {
+        // By hand: each head's softmax of its columns, averaged.
+        let (a, b) = images[image].split_at(4);
+        let logits = |x: &[f32], h: &ClassifierHead| {
+            h.logits(&Tensor::new(x, &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().to_vec2::<f32>().unwrap()[0]
+                .clone()
+        };
+        let (pa, pb) = (softmax(logits(a, &heads[0])), softmax(logits(b, &heads[1])));
+        let mean: Vec<f32> = pa.iter().zip(&pb).map(|(x, y)| (x + y) / 2.0).collect();
+        let top = (0..1000).max_by(|&i, &j| mean[i].total_cmp(&mean[j]).then(j.cmp(&i))).unwrap();
+        assert_eq!(with.text_ids[text], class_key(ClassTexts::Sentences, top), "image row {image}");
+        classes.insert(top);
+    }
+    assert!(classes.len() > 1, "every image got the same class: {classes:?}");
+
+    // The option without them is an error, not a model trained without them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = engine_checkpoints(dir.path());
+    ck.options.class_positives = true;
+    let err = ck.train(&data, 0, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::NoClassPositives), "{err}");
+    // With them, the split model trains; its twin on every image too.
+    ck.train(&with, 0, &mut |_| {}).unwrap();
+    ck.load_or_train_all(&with, 0, 1, &mut |_| {}).unwrap();
+    assert!(ck.all_dir(0, 1).join("fusion.json").is_file());
+    assert_ne!(ck.digest(), engine_checkpoints(dir.path()).digest());
 }

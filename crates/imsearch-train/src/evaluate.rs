@@ -143,6 +143,10 @@ pub fn evaluate(
     };
     let p = Arc::new(data(&ck.options)?);
     on_event(Event::Data { counts: &p.counts });
+    if class_positives {
+        let classes = p.class_positives.iter().map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len();
+        on_event(Event::ClassPositives { images: p.class_positives.len(), classes });
+    }
 
     let mut entries = vec![Entry::new("random", Arc::new(Random(seed)), p.texts.clone())];
     let start = Instant::now();

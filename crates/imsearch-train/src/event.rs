@@ -15,6 +15,12 @@ pub enum Event<'a> {
     Data {
         counts: &'a DataCounts,
     },
+    /// Each of `images` images has its most probable ImageNet class sentence as a positive of
+    /// the members trained with them; `classes` distinct classes among them.
+    ClassPositives {
+        images: usize,
+        classes: usize,
+    },
     /// A fusion model on the features `model` starts training for at most `epochs` epochs, on
     /// the split or (`all_images`) on every training image.
     Training {
@@ -136,6 +142,11 @@ impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Event::Data { counts } => write!(f, "{counts}"),
+            Event::ClassPositives { images, classes } => write!(
+                f,
+                "class positives: each of {images} images with its most probable ImageNet class sentence \
+                 ({classes} distinct classes), for the dual-encoder members"
+            ),
             Event::Training { model, epochs, all_images: false } => {
                 write!(f, "training {model} for at most {epochs} epochs")
             }

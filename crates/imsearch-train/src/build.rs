@@ -67,12 +67,11 @@ pub fn build(
     let seed = checkpoints.options.seed;
     // The class sentences as positives, for the members trained with them.
     let with_classes;
-    let p = match recipe.members.iter().any(|m| m.class_positives) && src.data.class_positives.is_empty() {
-        true => {
-            with_classes = src.data.clone().with_class_positives(src.embeddings, src.heads)?;
-            &with_classes
-        }
-        false => src.data,
+    let p = if recipe.members.iter().any(|m| m.class_positives) && src.data.class_positives.is_empty() {
+        with_classes = src.data.clone().with_class_positives(src.embeddings, src.heads)?;
+        &with_classes
+    } else {
+        src.data
     };
     // Each member's checkpoints and the data it reads (one encoder's columns, or all).
     let mut plans: Vec<(Checkpoints, Option<TrainingData>)> = Vec::with_capacity(recipe.members.len());

@@ -299,7 +299,7 @@ impl Checkpoints {
         let tc = TrainConfig { seed: init_seed, ..self.options.train_config() };
         let (model, dir) = (&data.image_encoder, self.split_dir_with(init_seed));
         let views = data.views(&self.options.train_views)?;
-        let train = self.with_class_positives(data, data.train.clone())?;
+        let train = self.add_class_positives(data, data.train.clone())?;
         on_event(Event::Training { model, epochs: tc.max_epochs, all_images: false });
         let start = Instant::now();
         let (model, tensors, report) = imsearch_fusion::train_with_views(
@@ -364,7 +364,7 @@ impl Checkpoints {
         all.positives.extend(&data.validation.positives);
         all.positives.extend(data.validation.pairs.iter().filter(|x| x.2 >= CONFIRMED).map(|&(i, t, _)| (t, i)));
         all.candidates.extend(&data.validation.candidates);
-        let all = self.with_class_positives(data, all)?;
+        let all = self.add_class_positives(data, all)?;
         let tc = TrainConfig { max_epochs: epochs, seed: init_seed, ..self.options.train_config() };
         let model = &data.image_encoder;
         on_event(Event::Training { model, epochs, all_images: true });
@@ -394,7 +394,7 @@ impl Checkpoints {
     }
 
     /// `set` with, when the options ask for them, the class positives of its candidate images.
-    fn with_class_positives(&self, data: &TrainingData, mut set: PairSet) -> Result<PairSet> {
+    fn add_class_positives(&self, data: &TrainingData, mut set: PairSet) -> Result<PairSet> {
         if !self.options.class_positives {
             return Ok(set);
         }

@@ -1,8 +1,9 @@
 //! Dense `x[m, k] · W^T` for inference with a weight matrix packed once at load time: an
-//! AVX-512 microkernel (12 rows x 32 columns in 24 registers), an AVX2+FMA one and a portable
-//! one, chosen at run time, rows split across rayon's threads, and a per-row-block epilogue
-//! (bias, activation, residual, layer norm) run while the block is still in cache. The kernels
-//! broadcast each input straight from its row of `x`; only the weights are packed.
+//! AVX-512 microkernel (12 rows x 32 columns in 24 registers), an AVX2+FMA one (3 rows x 32
+//! columns in 12 registers) and a portable one, chosen at run time, rows split across rayon's
+//! threads, and a per-row-block epilogue (bias, activation, residual, layer norm) run while the
+//! block is still in cache. The kernels broadcast each input straight from its row of `x`; only
+//! the weights are packed.
 
 use rayon::prelude::*;
 
@@ -10,9 +11,14 @@ use rayon::prelude::*;
 pub(crate) const MR: usize = 12;
 /// Output columns per microkernel tile (the packed weight panel's width): two AVX-512 vectors.
 pub(crate) const NR: usize = 32;
-/// Inputs per block: a `KC x NR` weight panel (32 KiB) is kept in L1 while it is swept over
-/// the rows (128 and 192 measured the same within noise on a Zen 4 with a 32 KiB L1).
+/// Inputs per block of the AVX-512 kernel: a `KC x NR` weight panel (32 KiB) is kept in L1
+/// while it is swept over the rows (128 and 192 measured the same within noise on a Zen 4 with
+/// a 32 KiB L1).
 pub(crate) const KC: usize = 256;
+/// Inputs per block of the other kernels: a 24 KiB panel, which leaves room in a 32 KiB L1 for
+/// the rows the AVX2 kernel broadcasts from (192 ran MiniLM 1-3 % faster than 128 or 256 at
+/// `IMSEARCH_TEXT_ISA=avx2` on a Zen 4).
+pub(crate) const KC_AVX2: usize = 192;
 
 /// The environment variable that caps the instruction set MiniLM's kernels use: `avx2` or
 /// `portable` (or `avx512`, the same as unset), never above what the CPU has. For measuring a
@@ -167,8 +173,7 @@ struct Line([f32; HALF]);
 /// A weight matrix `W[n, k]` (PyTorch's `Linear` layout) packed for the kernels: panels of
 /// [`NR`] output columns, each stored as two half panels of 16 columns, each `k`-major
 /// (`half[p][j] = W[panel * NR + h * 16 + j][p]`), the last one padded with zeros. Every row of
-/// a half panel is one cache line: the AVX2 kernel sweeps a 16 KiB half panel, which stays in a
-/// 32 KiB L1 beside the input panel (a whole 32 KiB panel would not).
+/// a half panel is one cache line, so each input `p` of a panel is two aligned lines.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
     n: usize,
@@ -242,10 +247,10 @@ multiversion! {
 }
 
 /// The rows `first..` of `c` from the matching rows `a`, blocked as GotoBLAS does except that
-/// the rows are not packed: for each block of [`KC`] inputs, each `KC x NR` weight panel
-/// (AVX-512) or `KC x 16` half panel (the others), kept in L1, is swept over all the rows in
-/// tiles of [`MR`], the kernels broadcasting straight from the rows (on MiniLM packing them
-/// cost more than it saved). Then `epilogue` on each block of [`MR`] rows.
+/// the rows are not packed: for each block of [`KC`] (AVX-512) or [`KC_AVX2`] (the others)
+/// inputs, each weight panel of [`NR`] columns, kept in L1, is swept over all the rows in tiles
+/// of [`MR`], the kernels broadcasting straight from the rows (on MiniLM packing them cost more
+/// than it saved). Then `epilogue` on each block of [`MR`] rows.
 #[inline(always)]
 fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize, epilogue: Epilogue<'_>) {
     let (n, k) = (w.n, w.k);
@@ -255,29 +260,18 @@ fn block_any(isa: Isa, a: &[f32], w: &PackedWeight, c: &mut [f32], first: usize,
     // Tiles are written straight into `c` unless the last one would overhang its rows.
     let padded = n_panels * NR;
     let mut scratch = if padded == n { Vec::new() } else { vec![0f32; m * padded] };
+    let block_inputs = if isa == Isa::Avx512 { KC } else { KC_AVX2 };
     let mut kb = 0;
     while kb < k {
-        let kc = KC.min(k - kb);
+        let kc = block_inputs.min(k - kb);
         let (target, ldc): (&mut [f32], usize) = if padded == n { (&mut *c, n) } else { (&mut scratch, padded) };
         // The rows of tile `panel`, from input `kb` on.
         let rows_of = |panel: usize| (MR.min(m - panel * MR), &a[panel * MR * k + kb..]);
-        if isa == Isa::Avx512 {
-            // A whole 32 KiB panel per sweep.
-            for j in 0..n_panels {
-                let b = [w.half(2 * j, kb, kc), w.half(2 * j + 1, kb, kc)];
-                for panel in 0..panels {
-                    let (rows, a) = rows_of(panel);
-                    tile(isa, kc, a, k, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
-                }
-            }
-        } else {
-            // A 16 KiB half panel per sweep, for a 32 KiB L1.
-            for h in 0..2 * n_panels {
-                let b = w.half(h, kb, kc);
-                for panel in 0..panels {
-                    let (rows, a) = rows_of(panel);
-                    half_tile(isa, kc, a, k, b, &mut target[panel * MR * ldc + h * HALF..], ldc, rows, kb > 0);
-                }
+        for j in 0..n_panels {
+            let b = [w.half(2 * j, kb, kc), w.half(2 * j + 1, kb, kc)];
+            for panel in 0..panels {
+                let (rows, a) = rows_of(panel);
+                tile(isa, kc, a, k, b, &mut target[panel * MR * ldc + j * NR..], ldc, rows, kb > 0);
             }
         }
         kb += kc;
@@ -322,45 +316,22 @@ fn tile(
         Isa::Avx512 => unsafe {
             x86::tile_avx512(k, a.as_ptr(), lda, [b[0].as_ptr(), b[1].as_ptr()], c.as_mut_ptr(), ldc, rows, accumulate)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected (`Isa::Avx2` is only made then); the asserts above
+        // bound every access and align `b` for its loads.
+        Isa::Avx2 => unsafe {
+            x86::tile_avx2(k, a.as_ptr(), lda, [b[0].as_ptr(), b[1].as_ptr()], c.as_mut_ptr(), ldc, rows, accumulate)
+        },
         _ => {
             for (h, b) in b.into_iter().enumerate() {
-                half_tile(isa, k, a, lda, b, &mut c[h * HALF..], ldc, rows, accumulate);
+                half_tile_portable(k, a, lda, b, &mut c[h * HALF..], ldc, rows, accumulate);
             }
         }
     }
 }
 
-/// One `rows x 16` tile: `c[r * ldc + j] (+)= sum_p a[r * lda + p] * b[p * 16 + j]` for
-/// `p < k`, added to what `c` holds when `accumulate`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn half_tile(
-    isa: Isa,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    c: &mut [f32],
-    ldc: usize,
-    rows: usize,
-    accumulate: bool,
-) {
-    assert!((1..=MR).contains(&rows) && k <= lda && a.len() >= (rows - 1) * lda + k);
-    assert!(b.len() >= k * HALF);
-    assert!(b.as_ptr().addr().is_multiple_of(64), "half panels come from PackedWeight::half");
-    assert!(c.len() >= (rows - 1) * ldc + HALF);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA were detected (AVX-512 CPUs have both); the asserts above bound
-        // every access and align `b` for its loads.
-        Isa::Avx2 | Isa::Avx512 => unsafe {
-            x86::tile_avx2(k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc, rows, accumulate)
-        },
-        _ => half_tile_portable(k, a, lda, b, c, ldc, rows, accumulate),
-    }
-}
-
-/// [`half_tile`] in plain Rust.
+/// One `rows x 16` tile in plain Rust: `c[r * ldc + j] (+)= sum_p a[r * lda + p] * b[p * 16 + j]`
+/// for `p < k`, added to what `c` holds when `accumulate`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn half_tile_portable(
@@ -446,57 +417,62 @@ mod x86 {
         }
     }
 
-    /// The 12x16 tile as two 6x16 AVX2 tiles (12 ymm accumulators each): per `p`, two
-    /// aligned loads of the half panel's line and six broadcasts, one from each row of `a`,
-    /// feed 12 FMAs.
+    /// The 12x32 tile as four 3x32 AVX2 tiles (12 ymm accumulators each): per `p`, three
+    /// broadcasts, one from each row of `a`, and a load of each quarter of the panel's two lines
+    /// feed 12 FMAs. Seven loads per 12 FMAs, where a 6x16 tile needs eight: it ran MiniLM
+    /// about 4 % faster on a Zen 4 held to AVX2.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `a` must hold `(rows - 1) * lda + k` values, `b`
-    /// `k * 16` on a 32-byte boundary, and `c` must be readable and writable at `r * ldc + j`
-    /// for `r < rows`, `j < 16`; `1 <= rows <= MR`.
+    /// AVX2 and FMA must be available; `a` must hold `(rows - 1) * lda + k` values, `b[0]` and
+    /// `b[1]` `k * 16` each on a 32-byte boundary, and `c` must be readable and writable at
+    /// `r * ldc + j` for `r < rows`, `j < NR`; `1 <= rows <= MR`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_avx2(
         k: usize,
         a: *const f32,
         lda: usize,
-        b: *const f32,
+        b: [*const f32; 2],
         c: *mut f32,
         ldc: usize,
         rows: usize,
         accumulate: bool,
     ) {
-        const R: usize = 6;
+        const R: usize = 3;
+        // Quarter `q` of the panel's columns: 8 floats of half panel `q / 2`.
+        let quarter = |q: usize, p: usize| b[q / 2].add(p * HALF + (q % 2) * 8);
         for r0 in (0..rows).step_by(R) {
             // Rows past `rows` read the last row again and are never stored.
             // SAFETY: (r0 + r).min(rows - 1) < rows: a row the caller lets us read.
             let a: [*const f32; R] = std::array::from_fn(|r| a.add((r0 + r).min(rows - 1) * lda));
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut acc = [[_mm256_setzero_ps(); 4]; R];
             if accumulate {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     if r0 + r < rows {
-                        // SAFETY: r0 + r < rows: inside the tile.
-                        acc[0] = _mm256_loadu_ps(c.add((r0 + r) * ldc));
-                        acc[1] = _mm256_loadu_ps(c.add((r0 + r) * ldc + 8));
+                        for (q, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: r0 + r < rows and q * 8 + 8 <= NR: inside the tile.
+                            *acc = _mm256_loadu_ps(c.add((r0 + r) * ldc + q * 8));
+                        }
                     }
                 }
             }
             for p in 0..k {
-                // SAFETY: p < k keeps the reads of every row and of `b` in bounds; `b` is
-                // 32-byte aligned and p * 16 floats are 64 p bytes.
-                let b0 = _mm256_load_ps(b.add(p * HALF));
-                let b1 = _mm256_load_ps(b.add(p * HALF + 8));
-                for (a, acc) in a.iter().zip(acc.iter_mut()) {
-                    let av = _mm256_set1_ps(*a.add(p));
-                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                // SAFETY: p < k keeps the reads of every row and of `b` in bounds; each half
+                // panel is 32-byte aligned and p * 16 + q % 2 * 8 floats are multiples of 32 bytes.
+                let av: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(*a[r].add(p)));
+                for q in 0..4 {
+                    let bq = _mm256_load_ps(quarter(q, p));
+                    for (acc, av) in acc.iter_mut().zip(&av) {
+                        acc[q] = _mm256_fmadd_ps(*av, bq, acc[q]);
+                    }
                 }
             }
             for (r, acc) in acc.iter().enumerate() {
                 if r0 + r < rows {
-                    // SAFETY: r0 + r < rows: inside the writable tile.
-                    _mm256_storeu_ps(c.add((r0 + r) * ldc), acc[0]);
-                    _mm256_storeu_ps(c.add((r0 + r) * ldc + 8), acc[1]);
+                    for (q, acc) in acc.iter().enumerate() {
+                        // SAFETY: r0 + r < rows and q * 8 + 8 <= NR: inside the writable tile.
+                        _mm256_storeu_ps(c.add((r0 + r) * ldc + q * 8), *acc);
+                    }
                 }
             }
         }
